@@ -1,0 +1,33 @@
+# blockfuzz: `make fuzz` and `make test` each set up .venv on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: fuzz test venv qemu bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@# atheris is optional: everything but the atheris engine works without it.
+	-$(PY) -m pip install -q 'atheris>=2.3,<4' || echo "atheris could not be installed: the atheris engine is unavailable"
+	touch $@
+
+venv: $(STAMP)
+
+# Real QEMU 7.2 from Debian's packages, installed when missing and we are root.
+qemu:
+	@bash scripts/ensure-qemu.sh
+
+fuzz: venv
+	$(VENV)/bin/blockfuzz fuzz --engine random --runs 3000 --corpus corpus --findings findings
+
+test: venv qemu
+	$(PY) -m pytest --cov --cov-branch --cov-report=term --cov-fail-under=90 tests
+
+bench: venv
+	$(VENV)/bin/blockfuzz bench
+
+clean:
+	rm -rf $(VENV) .coverage htmlcov .hypothesis .benchmarks findings

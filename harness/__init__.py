@@ -1,0 +1,1 @@
+"""Everything that drives, checks, stores and reports blockfuzz runs."""
