@@ -68,3 +68,143 @@ class RecordedSource(ChoiceSource):
     @property
     def exhausted(self) -> bool:
         return self.position >= len(self.choices)
+
+
+class PCTSource(ChoiceSource):
+    """Probabilistic concurrency testing (Burckhardt et al., ASPLOS 2010).
+
+    Every runnable item the scheduler offers is named by a key (``keys``:
+    "co:drive0", "bh:job_exit:node4", ...): keys play PCT's threads. Each key
+    gets a random priority the first time it is seen, and a decision always
+    runs the offered key of highest priority. ``depth - 1`` change points,
+    drawn uniformly from the first ``n_steps_estimate`` decisions, drop the
+    key chosen there below every other priority. A bug of depth ``d`` is then
+    hit with probability at least ``1/(n * k**(d-1))`` per run, for ``n``
+    keys and ``k`` decisions (:func:`pct_bound`).
+
+    Decisions without keys (the case generator's) are seeded random.
+    """
+
+    def __init__(self, seed: int, depth: int = 2, n_steps_estimate: int = 50) -> None:
+        super().__init__()
+        if depth < 1 or n_steps_estimate < 1:
+            raise ValueError("PCT needs depth >= 1 and n_steps_estimate >= 1")
+        self.seed = seed
+        self.depth = depth
+        self.rng = random.Random(seed)
+        points = self.rng.sample(range(1, n_steps_estimate + 1), min(depth - 1, n_steps_estimate))
+        #: decision number -> the low priority given there (earlier points rank higher)
+        self.change_points = {p: float(depth - 1 - i) for i, p in enumerate(sorted(points))}
+        self.priorities: dict[Hashable, float] = {}
+        self.steps = 0
+
+    def _pick(self, n: int, label: str, keys: Sequence[Hashable] | None) -> int:
+        if keys is None:
+            return self.rng.randrange(n)
+        self.steps += 1
+        for key in keys:
+            if key not in self.priorities:
+                # initial priorities lie above every change-point priority
+                self.priorities[key] = self.depth + self.rng.random()
+        best = self._highest(keys)
+        low = self.change_points.get(self.steps)
+        if low is not None:
+            self.priorities[keys[best]] = low
+            best = self._highest(keys)
+        return best
+
+    def _highest(self, keys: Sequence[Hashable]) -> int:
+        priorities = self.priorities
+        return max(range(len(keys)), key=lambda i: priorities[keys[i]])
+
+    @property
+    def threads(self) -> int:
+        """How many distinct keys this run has seen (PCT's n)."""
+        return len(self.priorities)
+
+
+def pct_bound(threads: int, steps: int, depth: int) -> float:
+    """PCT's guarantee: a depth-``depth`` bug is hit with at least this probability per run."""
+    return 1.0 / (max(1, threads) * max(1, steps) ** (depth - 1))
+
+
+class BytesSource(ChoiceSource):
+    """Choices decoded from a byte string, for atheris (libFuzzer) inputs.
+
+    Integers are read from the FRONT of the buffer, one byte for a choice of
+    up to 256 options, two (big-endian) up to 65,536, four beyond. atheris's
+    ``FuzzedDataProvider`` takes integers from the tail instead: a mutation
+    that grows or shrinks the buffer then shifts every integer, so a case
+    drifts away from itself under mutation. Read from the front, a byte keeps
+    its meaning until the choices before it change shape, which is what a
+    structure-aware mutator needs. Past the end every choice is 0.
+
+    ``offsets[i]`` is where the ``i``-th recorded choice was read.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self.data = bytes(data)
+        self.position = 0
+        self.offsets: list[int] = []
+
+    def _pick(self, n: int, label: str, keys: Sequence[Hashable] | None) -> int:
+        width = byte_width(n)
+        self.offsets.append(self.position)
+        chunk = self.data[self.position:self.position + width]
+        self.position += width
+        return int.from_bytes(chunk.ljust(width, b"\0"), "big") % n
+
+    @property
+    def exhausted(self) -> bool:
+        return self.position >= len(self.data)
+
+
+def byte_width(n: int) -> int:
+    """How many bytes :class:`BytesSource` reads for a choice among ``n`` options."""
+    return 1 if n <= 1 << 8 else 2 if n <= 1 << 16 else 4
+
+
+#: the scheduler's random stream under hypothesis; registered below so that
+#: hypothesis seeds it per example (``st.random_module()`` varies the seed)
+SCHEDULER_RANDOM = random.Random(0)
+
+
+class HypothesisSource(ChoiceSource):
+    """Choices drawn from hypothesis's ``st.data()``.
+
+    With ``schedule="draw"`` (the default) every decision is one
+    ``st.integers(0, n - 1)`` draw, so hypothesis shrinks the commands and
+    the schedule together. With ``schedule="random"`` the scheduler's
+    decisions (those with ``keys``) come from :data:`SCHEDULER_RANDOM`,
+    registered with ``hypothesis.register_random`` and seeded through
+    ``st.random_module()``: hypothesis then shrinks the seed, not the schedule.
+    """
+
+    def __init__(self, data, schedule: str = "draw") -> None:
+        super().__init__()
+        if schedule not in ("draw", "random"):
+            raise ValueError(f"schedule must be 'draw' or 'random', not {schedule!r}")
+        from hypothesis import strategies as st
+        self.data = data
+        self.schedule = schedule
+        self._integers = st.integers
+        if schedule == "random":
+            _register_scheduler_random()
+            data.draw(st.random_module())
+
+    def _pick(self, n: int, label: str, keys: Sequence[Hashable] | None) -> int:
+        if keys is not None and self.schedule == "random":
+            return SCHEDULER_RANDOM.randrange(n)
+        return self.data.draw(self._integers(0, n - 1))
+
+
+_registered = False
+
+
+def _register_scheduler_random() -> None:
+    global _registered
+    if not _registered:
+        import hypothesis
+        hypothesis.register_random(SCHEDULER_RANDOM)
+        _registered = True
