@@ -727,6 +727,18 @@ def test_seed_filename_arguments_name_case_files():
                     assert cmd.arguments[key] in filenames, (name, cmd)
 
 
+@pytest.mark.parametrize("name", TESTS_030)
+def test_seed_on_the_model(name):
+    # Runs once harness.backends.reference (the lead's model backend) exists.
+    backend = pytest.importorskip("harness.backends.reference")
+    case = seed(name)
+    observation = backend.run_case(case)
+    assert observation.finding is None
+    errors = {str(i): r for i, r in enumerate(observation.replies) if "error" in r}
+    assert errors == case.expect.get("replies", {})
+    assert [n.node_name for n in observation.chain if not n.is_filter] == case.expect["final-chain"]
+
+
 # --------------------------------------------------------------------------
 # The schema's QMP arguments against QEMU 7.2's own schema
 
