@@ -1,0 +1,126 @@
+"""The in-process backend: run a case on the model of QEMU's block layer.
+
+``run_case`` builds the case's chain in a fresh :class:`reference.machine.Machine`,
+sends its commands through ``reference.qmp``, lets the event loop run a
+scheduler-chosen number of steps between commands (as QEMU's main loop does
+between QMP commands), ends with an implicit ``x-wait-jobs``, and returns an
+:class:`~harness.observation.Observation`. A fault of the model (use-after-free,
+hang, illegal transition, an unexpected exception) becomes the observation's
+``finding``; it is never raised.
+"""
+from __future__ import annotations
+
+import traceback
+from typing import Iterable
+
+from harness.case import Case
+from harness.choices import ChoiceSource, RandomSource, RecordedSource
+from harness.errors import UsageError
+from harness.observation import ChainNode, Finding, Observation, fold_drain_pairs
+from reference import qmp
+from reference.bugs import BUGS
+from reference.errors import BlockfuzzError, ModelFault, QMPError
+from reference.graph import bdrv_filter_or_cow_bs, bdrv_skip_filters
+from reference.machine import Machine
+
+#: how many loop iterations may run between two commands (0 .. BETWEEN-1)
+BETWEEN = 4
+
+
+def source_for(case: Case, seed: int | None = None) -> ChoiceSource:
+    """The choice source a case's ``schedule`` asks for (``seed`` overrides its seed)."""
+    schedule = case.schedule or {}
+    if "choices" in schedule:
+        return RecordedSource(schedule["choices"])
+    policy = schedule.get("policy", "random")
+    s = schedule.get("seed", 0) if seed is None else seed
+    if policy == "pct":
+        try:
+            from harness.choices import PCTSource
+        except ImportError:  # pragma: no cover - PCT ships with the engines
+            return RandomSource(s)
+        return PCTSource(s, schedule.get("depth", 3))
+    return RandomSource(s)
+
+
+def build(m: Machine, case: Case) -> None:
+    """Create the chain as 030 does: read-only backing nodes, the device on the top."""
+    below = None
+    top = len(case.images) - 1
+    for i, img in enumerate(case.images):
+        bs = m.add_image(img.node_name, img.format, img.filename, img.size, img.cluster_size,
+                         below, read_only=(i != top))
+        for w in img.writes:
+            m.write(bs, w.offset, w.offset + w.length, [(w.offset, w.offset + w.length, w.pattern)])
+        below = bs
+    m.attach_device(case.drive, below)
+
+
+def run_case(case: Case, source: ChoiceSource | None = None, *,
+             bugs: Iterable[str] | None = None, trace: bool = False) -> Observation:
+    """Run ``case`` on the model; never raises for a model fault."""
+    bug_ids = tuple(case.bugs if bugs is None else bugs)
+    for b in bug_ids:
+        if b not in BUGS:
+            raise UsageError(f"unknown bug id '{b}'; known: {', '.join(sorted(BUGS))}")
+    source = source if source is not None else source_for(case)
+    m = Machine(source.choose, bug_ids, trace=trace)
+    obs = Observation()
+    try:
+        build(m, case)
+        _run_commands(m, case, obs, source)
+    except ModelFault as fault:
+        first = m.first_fault or fault
+        obs.finding = Finding(first.kind, str(first), first.where, m.cmd_index)
+    except (BlockfuzzError, Exception) as exc:  # a bug in the model itself
+        tb = traceback.extract_tb(exc.__traceback__)[-1]
+        obs.finding = Finding("crash", f"{type(exc).__name__}: {exc}",
+                              f"{tb.name}:{type(exc).__name__}", m.cmd_index)
+    _observe(m, obs)
+    obs.choices = list(source.recorded)
+    return obs
+
+
+def _run_commands(m: Machine, case: Case, obs: Observation, source: ChoiceSource) -> None:
+    for i, cmd in enumerate(case.commands):
+        if i:
+            for _ in range(source.choose(BETWEEN, "between")):
+                if not m.aio.aio_poll(blocking=False):
+                    break
+        m.cmd_index = i
+        obs.replies.append(qmp.execute(m, cmd.execute, dict(cmd.arguments)))
+        if m.trace is not None:
+            m.trace.append(f"{i} {cmd.execute} {dict(cmd.arguments)} -> {obs.replies[-1]}")
+    m.cmd_index = len(case.commands)
+    qmp.x_wait_jobs(m)
+
+
+def _observe(m: Machine, obs: Observation) -> None:
+    obs.events = list(m.events)
+    raw: dict[str, list[str]] = {}
+    for ev in m.events:
+        if ev["event"] == "JOB_STATUS_CHANGE":
+            raw.setdefault(ev["data"]["id"], []).append(ev["data"]["status"])
+    obs.job_statuses = {k: fold_drain_pairs(v) for k, v in raw.items()}
+    obs.jobs_left = {j.id: j.status for j in m.jobs.values()}
+    obs.extra["cells"] = sorted(m.cells)
+    obs.extra["errors"] = list(m.errors)
+    if m.trace is not None:
+        obs.trace = m.trace
+    try:
+        obs.chain = observe_chain(m)
+        obs.data = m.guest_view()
+    except BlockfuzzError as exc:
+        obs.extra["observe-error"] = str(exc)
+
+
+def observe_chain(m: Machine) -> list[ChainNode]:
+    out = []
+    bs = m.device_root()
+    while bs is not None:
+        if bs.freed_at is not None:
+            raise ModelFault(f"the chain reaches freed node '{bs.node_name}'", "observe")
+        out.append(ChainNode(bs.node_name, bs.drv, bs.display_filename(),
+                             None if bs.is_filter else bs.backing_file))
+        bs = bdrv_filter_or_cow_bs(bs)
+    return out

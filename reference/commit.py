@@ -1,0 +1,284 @@
+"""block-commit (block/commit.c, and block/mirror.c for the active commit).
+
+Intermediate commit copies everything allocated from ``top`` down to the node
+above ``base`` into ``base`` through a ``commit_top`` filter inserted above
+``top``; ``commit_prepare`` then calls ``bdrv_drop_intermediate``, which moves
+the overlay's backing edge to ``base`` and frees the filter. Active commit
+(``top`` is the device's node) is a mirror job of type ``commit``: it copies,
+becomes READY, keeps copying guest writes, and on ``block-job-complete``
+replaces the top by ``base``.
+"""
+from __future__ import annotations
+
+from typing import Generator
+
+from reference import drain
+from reference.errors import QMPError
+from reference.graph import (bdrv_append_filter, bdrv_drop_intermediate, bdrv_filter_or_cow_bs,
+                             bdrv_find_overlay, bdrv_freeze_backing_chain, bdrv_ref,
+                             bdrv_reopen_set_read_only, bdrv_replace_node, bdrv_skip_filters,
+                             bdrv_unfreeze_backing_chain, bdrv_unref, bdrv_filter_child, live)
+from reference.job import Job, SLICE_NS
+
+COMMIT_BUFFER_SIZE = 512 << 10
+
+
+class CommitJob(Job):
+    job_type = "commit"
+
+    def run(self) -> Generator:
+        """commit_run: copy what is allocated above base into base."""
+        m = self.m
+        length = self.top_bs.data.size
+        self.len = length
+        offset = 0
+        while offset < length:
+            yield from self.ratelimit_sleep()
+            if self.is_cancelled():
+                break
+            copy, n = m.is_allocated_above(self.top_bs, self.base_overlay, offset, COMMIT_BUFFER_SIZE)
+            if n == 0:
+                n = length - offset
+            if copy:
+                yield from self.io()
+                m.copy_range(self.top_bs, self.base_bs, offset, n)
+            offset += n
+            self.offset = offset
+            if copy:
+                self.ratelimit_calculate_delay(n)
+        return 0
+
+    def prepare(self) -> int:
+        m = self.m
+        bdrv_unfreeze_backing_chain(self.commit_top_bs, self.base_bs)
+        self.chain_frozen = False
+        m.blk_unref(self.base_blk)
+        self.base_blk = None
+        try:
+            bdrv_drop_intermediate(self.commit_top_bs, self.base_bs, self.backing_file_str)
+        except QMPError as e:
+            m.report_error(e.desc)
+            return -5      # -EIO
+        return 0
+
+    def abort(self) -> None:
+        m = self.m
+        top = self.top_bs
+        if self.chain_frozen:
+            bdrv_unfreeze_backing_chain(self.commit_top_bs, self.base_bs)
+        bdrv_ref(top, "commit_abort")
+        bdrv_ref(self.commit_top_bs, "commit_abort")
+        if self.base_blk is not None:
+            m.blk_unref(self.base_blk)
+            self.base_blk = None
+        self.remove_all_bdrv()
+        m.must_succeed(lambda: bdrv_replace_node(self.commit_top_bs, top), "commit_abort")
+        bdrv_unref(self.commit_top_bs, "commit_abort")
+        bdrv_unref(top, "commit_abort")
+
+    def clean(self) -> None:
+        if self.base_read_only:
+            bdrv_reopen_set_read_only(self.base_bs, True)
+        if self.top_blk is not None:
+            self.m.blk_unref(self.top_blk)
+            self.top_blk = None
+
+
+def commit_start(m, job_id, bs, base, top, backing_file_str, *, speed, on_error,
+                 filter_node_name, auto_finalize, auto_dismiss) -> CommitJob:
+    if bdrv_skip_filters(top) is bdrv_skip_filters(base):
+        raise QMPError("Invalid files for merge: top and base are the same")
+    job = m.create_job(CommitJob, job_id, bs, speed=speed, on_error=on_error,
+                       auto_finalize=auto_finalize, auto_dismiss=auto_dismiss)
+    job.top_bs, job.base_bs = top, base
+    job.backing_file_str = backing_file_str
+    job.chain_frozen = False
+    job.base_blk = job.top_blk = None
+    job.commit_top_bs = None
+    job.base_read_only = base.read_only
+    try:
+        if job.base_read_only:
+            bdrv_reopen_set_read_only(base, False)
+        ct = bdrv_append_filter(m, "commit_top", filter_node_name, top, implicit=not filter_node_name)
+        bdrv_unref(ct, "commit_start")   # owned by its new parents from here on
+        job.commit_top_bs = ct
+        job.base_overlay = bdrv_find_overlay(top, base)
+        it = top
+        while it is not None and it is not base:
+            job.add_bdrv("intermediate node", it)
+            it = bdrv_filter_or_cow_bs(it)
+        bdrv_freeze_backing_chain(ct, base)
+        job.chain_frozen = True
+        job.add_bdrv("base", base)
+        job.base_blk = m.blk_new(base)
+        job.top_blk = m.blk_new(top)
+    except QMPError:
+        _commit_start_fail(m, job)
+        raise
+    job.start()
+    return job
+
+
+def _commit_start_fail(m, job) -> None:
+    if job.chain_frozen:
+        bdrv_unfreeze_backing_chain(job.commit_top_bs, job.base_bs)
+    for blk in (job.base_blk, job.top_blk):
+        if blk is not None:
+            m.blk_unref(blk)
+    if job.base_read_only and job.started is False and not job.base_bs.read_only:
+        bdrv_reopen_set_read_only(job.base_bs, True)
+    m.job_early_fail(job)
+    if job.commit_top_bs is not None:
+        m.must_succeed(lambda: bdrv_replace_node(job.commit_top_bs, job.top_bs), "commit_start")
+
+
+class MirrorCommitJob(Job):
+    """The active commit: mirror.c with job type ``commit``."""
+
+    job_type = "commit"
+
+    def run(self) -> Generator:
+        """mirror_run, in outline: copy the dirty ranges, become READY, keep copying
+        guest writes, stop when completion was requested and nothing is dirty."""
+        m = self.m
+        src = self.src_bs
+        length = src.data.size
+        self.len = length
+        self.dirty = m.allocated_ranges(src, self.base_overlay)
+        while True:
+            delay = yield from self._iteration()
+            if self.cancelled and (self.force_cancel or self.status != "ready"):
+                break
+            if not self.dirty:
+                if self.status == "running":
+                    self.transition("ready")
+                    self.m.event("BLOCK_JOB_READY", {"type": "commit", "device": self.id,
+                                                     "len": self.len, "offset": self.offset,
+                                                     "speed": self.speed})
+                if self.should_complete or (self.cancelled and self.status == "ready"):
+                    break
+            yield from self.sleep_ns(delay)
+        return 0
+
+    def _iteration(self) -> Generator:
+        """Copy one chunk of the first dirty range; return the delay before the next."""
+        if not self.dirty:
+            self.offset = self.len
+            return SLICE_NS
+        start, end = self.dirty.pop(0)
+        stop = min(end, start + COMMIT_BUFFER_SIZE)
+        if stop < end:
+            self.dirty.insert(0, (stop, end))
+        yield from self.io()
+        self.m.copy_range(self.src_bs, self.target_bs, start, stop - start)
+        self.offset = min(self.len, self.offset + (stop - start))
+        return self.ratelimit_calculate_delay(stop - start)
+
+    def mark_dirty(self, start: int, end: int) -> None:
+        self.dirty = _add_range(self.dirty, start, end)
+
+    def driver_drained_poll(self) -> bool:
+        return self.m.io_in_flight > 0
+
+    def driver_cancel(self, force: bool) -> bool:
+        return force or self.status not in ("ready", "standby")
+
+    def can_complete(self) -> bool:
+        return True
+
+    def complete(self) -> None:
+        self.should_complete = True
+        self.enter()
+
+    def prepare(self) -> int:
+        return self._exit_common(abort=False)
+
+    def abort(self) -> None:
+        self._exit_common(abort=True)
+
+    def _exit_common(self, abort: bool) -> int:
+        """mirror_exit_common: pivot to base if completion was requested, drop the filter."""
+        if self.exited:
+            return 0
+        self.exited = True
+        m = self.m
+        src, mt, target = self.src_bs, self.mirror_top_bs, self.target_bs
+        ret = 0
+        if self.chain_frozen:
+            bdrv_unfreeze_backing_chain(mt, target)
+            self.chain_frozen = False
+        bdrv_ref(src, "mirror_exit_common")
+        bdrv_ref(mt, "mirror_exit_common")
+        bdrv_ref(target, "mirror_exit_common")
+        if self.target_blk is not None:
+            m.blk_unref(self.target_blk)
+            self.target_blk = None
+        if self.should_complete and not abort:
+            drain.bdrv_drained_begin(target)
+            try:
+                bdrv_replace_node(src, target)
+            except QMPError as e:
+                m.report_error(e.desc)
+                ret = -1
+            drain.bdrv_drained_end(target)
+        self.remove_all_bdrv()
+        m.must_succeed(lambda: bdrv_replace_node(mt, bdrv_filter_child(mt).bs), "mirror_exit_common")
+        bdrv_unref(mt, "mirror_exit_common")
+        bdrv_unref(src, "mirror_exit_common")
+        bdrv_unref(target, "mirror_exit_common")
+        return ret
+
+    def clean(self) -> None:
+        if self.base_read_only and not self.target_bs.freed_at:
+            bdrv_reopen_set_read_only(self.target_bs, True)
+
+
+def _add_range(ranges, start, end):
+    out = []
+    for s, e in sorted(ranges + [(start, end)]):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def commit_active_start(m, job_id, bs, base, *, speed, on_error, filter_node_name,
+                        auto_finalize, auto_dismiss) -> MirrorCommitJob:
+    base_read_only = base.read_only
+    if base_read_only:
+        bdrv_reopen_set_read_only(base, False)
+    try:
+        mt = bdrv_append_filter(m, "mirror_top", filter_node_name, bs, implicit=not filter_node_name)
+    except QMPError:
+        if base_read_only:
+            bdrv_reopen_set_read_only(base, True)
+        raise
+    try:
+        job = m.create_job(MirrorCommitJob, job_id, mt, speed=speed, on_error=on_error,
+                           auto_finalize=auto_finalize, auto_dismiss=auto_dismiss)
+    except QMPError:
+        m.must_succeed(lambda: bdrv_replace_node(mt, bs), "mirror_start_job")
+        bdrv_unref(mt, "mirror_start_job")
+        if base_read_only:
+            bdrv_reopen_set_read_only(base, True)
+        raise
+    bdrv_unref(mt, "mirror_start_job")     # the job now holds it
+    job.src_bs, job.target_bs, job.mirror_top_bs = bs, base, mt
+    job.base_read_only = base_read_only
+    job.should_complete = False
+    job.exited = False
+    job.dirty = []
+    job.base_overlay = bdrv_find_overlay(bs, base)
+    job.target_blk = m.blk_new(base)
+    job.add_bdrv("source", bs)
+    job.add_bdrv("target", base)
+    it = bdrv_filter_or_cow_bs(bs)
+    while it is not None and it is not base:
+        job.add_bdrv("intermediate node", it)
+        it = bdrv_filter_or_cow_bs(it)
+    bdrv_freeze_backing_chain(mt, base)
+    job.chain_frozen = True
+    mt.mirror_job = job
+    job.start()
+    return job

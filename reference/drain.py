@@ -1,0 +1,146 @@
+"""Drained sections (block/io.c, QEMU 7.2 with subtree drains).
+
+``bdrv_drained_begin(bs)`` quiesces ``bs`` and, through its parent edges,
+every ancestor: node parents quiesce in turn, job parents pause
+(``job_pause``), BlockBackends count. The subtree form also drains every
+child recursively. The outermost call then *polls* the event loop while
+anything in the quiesced set is busy: this is where other jobs'
+completions run re-entrantly. ``bdrv_drained_end`` undoes the counters and
+resumes jobs; it does not poll (no 7.2 format driver has a drain-end hook).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from reference.graph import BdrvChild, BlockDriverState
+
+
+# -- parent callbacks (child_of_bds, child_job, child_root) ------------------
+
+def parent_drained_begin_single(c: "BdrvChild", poll: bool, target=None) -> None:
+    c.parent_quiesce_counter += 1
+    p = c.parent
+    if p.kind == "node":
+        _quiesce(p, None)
+    elif p.kind == "job":
+        p.pause()
+    else:
+        p.quiesce_counter += 1
+    if poll:
+        m = (target or c.bs).m
+        m.aio.poll_while(lambda: _parent_drained_poll_single(c), f"drain of '{c.name}' parent")
+
+
+def parent_drained_end_single(c: "BdrvChild") -> None:
+    c.parent_quiesce_counter -= 1
+    p = c.parent
+    if p.kind == "node":
+        _unquiesce(p, None)
+    elif p.kind == "job":
+        p.resume()
+    else:
+        p.quiesce_counter -= 1
+
+
+def _parent_drained_poll_single(c: "BdrvChild") -> bool:
+    p = c.parent
+    if p.kind == "node":
+        return _drain_poll(p, False, None)
+    if p.kind == "job":
+        return p.drained_poll()
+    return p.in_flight > 0
+
+
+def child_attach(c: "BdrvChild") -> None:
+    """bdrv_child_cb_attach: a new child inherits the parent's subtree drains."""
+    p = c.parent
+    if p.kind != "node":
+        return
+    if c.name == "backing" and not p.is_filter:
+        p.backing_file = c.bs.display_filename()
+        p.backing_format = c.bs.drv
+    for _ in range(p.recursive_quiesce_counter):
+        _drained_begin(c.bs, True, c, poll=False)
+
+
+def child_detach(c: "BdrvChild") -> None:
+    """bdrv_child_cb_detach: a removed child leaves the parent's subtree drains."""
+    p = c.parent
+    if p.kind != "node":
+        return
+    for _ in range(p.recursive_quiesce_counter):
+        _drained_end(c.bs, True, c)
+
+
+# -- the node side -------------------------------------------------------------
+
+def _quiesce(bs: "BlockDriverState", ignore: "BdrvChild | None") -> None:
+    """bdrv_do_drained_begin_quiesce: count, and tell every other parent."""
+    bs.quiesce_counter += 1
+    for c in list(bs.parents):
+        if c is not ignore:
+            parent_drained_begin_single(c, poll=False)
+
+
+def _unquiesce(bs: "BlockDriverState", ignore: "BdrvChild | None") -> None:
+    for c in list(bs.parents):
+        if c is not ignore:
+            parent_drained_end_single(c)
+    bs.quiesce_counter -= 1
+
+
+def _drain_poll(bs: "BlockDriverState", recursive: bool, ignore: "BdrvChild | None") -> bool:
+    """bdrv_drain_poll: is anything at or above (and, recursively, below) ``bs`` busy?"""
+    for c in bs.parents:
+        if c is not ignore and _parent_drained_poll_single(c):
+            return True
+    if recursive:
+        for c in bs.children:
+            if _drain_poll(c.bs, True, c):
+                return True
+    return False
+
+
+def _drained_begin(bs: "BlockDriverState", recursive: bool, parent: "BdrvChild | None",
+                   poll: bool) -> None:
+    from reference.graph import live
+    live(bs, "bdrv_drained_begin")
+    _quiesce(bs, parent)
+    if recursive:
+        bs.recursive_quiesce_counter += 1
+        for c in list(bs.children):
+            _drained_begin(c.bs, True, c, poll=False)
+    if poll:
+        bs.m.drain_depth += 1
+        try:
+            bs.m.aio.poll_while(lambda: _drain_poll(bs, recursive, parent),
+                                f"drain of '{bs.node_name}'")
+        finally:
+            bs.m.drain_depth -= 1
+
+
+def _drained_end(bs: "BlockDriverState", recursive: bool, parent: "BdrvChild | None") -> None:
+    from reference.graph import live
+    live(bs, "bdrv_drained_end")
+    _unquiesce(bs, parent)
+    if recursive:
+        bs.recursive_quiesce_counter -= 1
+        for c in list(bs.children):
+            _drained_end(c.bs, True, c)
+
+
+def bdrv_drained_begin(bs: "BlockDriverState") -> None:
+    _drained_begin(bs, False, None, poll=True)
+
+
+def bdrv_drained_end(bs: "BlockDriverState") -> None:
+    _drained_end(bs, False, None)
+
+
+def bdrv_subtree_drained_begin(bs: "BlockDriverState") -> None:
+    _drained_begin(bs, True, None, poll=True)
+
+
+def bdrv_subtree_drained_end(bs: "BlockDriverState") -> None:
+    _drained_end(bs, True, None)

@@ -1,0 +1,489 @@
+"""The block graph (block.c): nodes, child edges, parents, references, the
+chain helpers, and the graph changes jobs make.
+
+Names follow block.c so both sides can be grepped: ``bdrv_set_backing_hd``,
+``bdrv_replace_node``, ``bdrv_drop_intermediate``, ``bdrv_freeze_backing_chain``,
+``bdrv_filter_or_cow_bs``, ...
+
+A node whose reference count drops to zero is freed: its child edges are
+detached (which may free more nodes) and it is *poisoned*: any later use
+through :func:`live` raises :class:`~reference.errors.UseAfterFree` naming the
+node, the step where it was freed and the step where it was touched.
+Permissions are not modelled; op blockers and frozen links are.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Iterator
+
+from reference.data import ImageData
+from reference.errors import QMPError, UseAfterFree
+
+if TYPE_CHECKING:
+    from reference.machine import Machine
+
+#: filter drivers and the name of their filtered child
+FILTER_CHILD = {"copy-on-read": "file", "commit_top": "backing", "mirror_top": "backing"}
+
+
+class BlockDriverState:
+    """A node (BlockDriverState)."""
+
+    kind = "node"
+
+    def __init__(self, m: "Machine", node_name: str, drv: str, *, filename: str = "",
+                 read_only: bool = False, data: ImageData | None = None, implicit: bool = False):
+        self.m = m
+        self.node_name = node_name
+        self.drv = drv
+        self.filename = filename
+        self.read_only = read_only
+        self.data = data
+        self.implicit = implicit
+        self.is_filter = drv in FILTER_CHILD
+        self.never_freeze = drv in ("commit_top", "mirror_top")
+        self.refcnt = 1
+        self.children: list[BdrvChild] = []
+        self.parents: list[BdrvChild] = []
+        self.quiesce_counter = 0
+        self.recursive_quiesce_counter = 0
+        self.op_blockers: list[str] = []
+        self.backing_file: str | None = None     # the image header's backing string
+        self.backing_format: str | None = None
+        self.freed_at: str | None = None
+        self.cor_bottom: BlockDriverState | None = None
+
+    def __repr__(self) -> str:
+        return f"<{self.drv} {self.node_name}{' (freed)' if self.freed_at else ''}>"
+
+    @property
+    def backing(self) -> "BdrvChild | None":
+        for c in self.children:
+            if c.name == "backing":
+                return c
+        return None
+
+    @property
+    def file(self) -> "BdrvChild | None":
+        for c in self.children:
+            if c.name == "file":
+                return c
+        return None
+
+    def display_filename(self) -> str:
+        """A filter reports the filename of the node it filters."""
+        if self.is_filter:
+            child = bdrv_filter_child(self)
+            return child.bs.display_filename() if child else ""
+        return self.filename
+
+
+class BdrvChild:
+    """An edge from a parent (node, BlockBackend or job) to a child node."""
+
+    __slots__ = ("name", "parent", "bs", "frozen", "parent_quiesce_counter", "stay_at_node")
+
+    def __init__(self, name: str, parent, bs: BlockDriverState):
+        self.name = name
+        self.parent = parent
+        self.bs = bs
+        self.frozen = False
+        self.parent_quiesce_counter = 0
+        self.stay_at_node = parent.kind == "job"
+
+    def __repr__(self) -> str:
+        return f"<edge {parent_name(self.parent)} -{self.name}-> {self.bs.node_name}>"
+
+
+def parent_name(p) -> str:
+    if p.kind == "node":
+        return p.node_name
+    if p.kind == "bb":
+        return p.name or "(job bb)"
+    return f"job {p.id}"
+
+
+# -- liveness and references -------------------------------------------------
+
+def live(bs: BlockDriverState, where: str) -> BlockDriverState:
+    """Touch ``bs``: raise UseAfterFree if it was freed."""
+    if bs.freed_at is not None:
+        raise UseAfterFree(bs.node_name, bs.freed_at, bs.m.stamp(where))
+    return bs
+
+
+def bdrv_ref(bs: BlockDriverState, where: str = "bdrv_ref") -> None:
+    live(bs, where)
+    bs.refcnt += 1
+
+
+def bdrv_unref(bs: BlockDriverState, where: str = "bdrv_unref") -> None:
+    live(bs, where)
+    bs.refcnt -= 1
+    if bs.refcnt == 0:
+        _bdrv_delete(bs, where)
+
+
+def _bdrv_delete(bs: BlockDriverState, where: str) -> None:
+    m = bs.m
+    assert not bs.parents, f"{bs.node_name} freed with parents"
+    m.named_nodes.pop(bs.node_name, None)
+    for c in list(bs.children):
+        bdrv_unref_child(bs, c)
+    bottom, bs.cor_bottom = bs.cor_bottom, None
+    if bottom is not None:
+        bdrv_unref(bottom, "cor_close")
+    bs.freed_at = m.stamp(where)
+    m.note_freed(bs)
+
+
+def bdrv_attach_child(parent, child_bs: BlockDriverState, name: str) -> BdrvChild:
+    """Attach ``child_bs`` under ``parent`` (a node, BB or job); the edge owns a reference."""
+    live(child_bs, "bdrv_attach_child")
+    bdrv_ref(child_bs, "bdrv_attach_child")
+    c = BdrvChild(name, parent, child_bs)
+    if parent.kind == "node":
+        parent.children.insert(0, c)
+    _replace_child_noperm(c, child_bs, attaching=True)
+    return c
+
+
+def bdrv_unref_child(parent, c: BdrvChild) -> None:
+    """Detach edge ``c`` and drop the reference it owned."""
+    old = c.bs
+    _replace_child_noperm(c, None)
+    if parent.kind == "node" and c in parent.children:
+        parent.children.remove(c)
+    bdrv_unref(old, "bdrv_unref_child")
+
+
+def _replace_child_noperm(c: BdrvChild, new: BlockDriverState | None, attaching: bool = False) -> None:
+    """bdrv_replace_child_noperm: move ``c`` to ``new``, fixing drain accounting.
+
+    Attaching to a drained node quiesces the parent, and in QEMU 7.x that
+    polls (``bdrv_parent_drained_begin_single(child, true)``): a poll point
+    in the middle of a graph change.
+    """
+    from reference import drain
+    old = None if attaching else c.bs
+    new_q = new.quiesce_counter if new is not None else 0
+    saldo = new_q - c.parent_quiesce_counter
+    while saldo > 0:
+        drain.parent_drained_begin_single(c, poll=True, target=new)
+        saldo -= 1
+    if old is not None:
+        drain.child_detach(c)
+        old.parents.remove(c)
+    if new is not None:
+        c.bs = new
+        new.parents.insert(0, c)
+        saldo += new.quiesce_counter - new_q
+        drain.child_attach(c)
+    while saldo < 0:
+        drain.parent_drained_end_single(c)
+        saldo += 1
+
+
+# -- chain helpers (block.c, include/block/block_int-io.h) -------------------
+
+def bdrv_filter_child(bs: BlockDriverState) -> BdrvChild | None:
+    if not bs.is_filter:
+        return None
+    name = FILTER_CHILD[bs.drv]
+    for c in bs.children:
+        if c.name == name:
+            return c
+    return None
+
+
+def bdrv_cow_child(bs: BlockDriverState) -> BdrvChild | None:
+    if bs.is_filter:
+        return None
+    return bs.backing
+
+
+def bdrv_filter_or_cow_child(bs: BlockDriverState) -> BdrvChild | None:
+    return bdrv_filter_child(bs) if bs.is_filter else bdrv_cow_child(bs)
+
+
+def bdrv_filter_or_cow_bs(bs: BlockDriverState | None) -> BlockDriverState | None:
+    if bs is None:
+        return None
+    c = bdrv_filter_or_cow_child(live(bs, "bdrv_filter_or_cow_bs"))
+    return c.bs if c else None
+
+
+def bdrv_cow_bs(bs: BlockDriverState | None) -> BlockDriverState | None:
+    if bs is None:
+        return None
+    c = bdrv_cow_child(live(bs, "bdrv_cow_bs"))
+    return c.bs if c else None
+
+
+def bdrv_skip_filters(bs: BlockDriverState | None, implicit_only: bool = False) -> BlockDriverState | None:
+    while bs is not None and bs.is_filter and (bs.implicit or not implicit_only):
+        c = bdrv_filter_child(live(bs, "bdrv_skip_filters"))
+        if c is None:
+            break
+        bs = c.bs
+    return bs
+
+
+def bdrv_skip_implicit_filters(bs):
+    return bdrv_skip_filters(bs, implicit_only=True)
+
+
+def bdrv_backing_chain_next(bs: BlockDriverState | None) -> BlockDriverState | None:
+    return bdrv_skip_filters(bdrv_cow_bs(bdrv_skip_filters(bs)))
+
+
+def bdrv_find_overlay(active: BlockDriverState, bs: BlockDriverState) -> BlockDriverState | None:
+    bs = bdrv_skip_filters(bs)
+    active = bdrv_skip_filters(active)
+    while active is not None:
+        nxt = bdrv_backing_chain_next(active)
+        if nxt is bs:
+            return active
+        active = nxt
+    return None
+
+
+def bdrv_chain_contains(top: BlockDriverState | None, base: BlockDriverState | None) -> bool:
+    while top is not None and top is not base:
+        top = bdrv_filter_or_cow_bs(top)
+    return top is base
+
+
+def bdrv_find_base(bs: BlockDriverState) -> BlockDriverState | None:
+    """The last node of the COW chain below ``bs`` (bdrv_find_base)."""
+    last = None
+    cur = bdrv_backing_chain_next(bs)
+    while cur is not None:
+        last = cur
+        cur = bdrv_backing_chain_next(cur)
+    return last
+
+
+def chain(bs: BlockDriverState | None) -> Iterator[BlockDriverState]:
+    """Walk ``bs`` and every node below it via bdrv_filter_or_cow_bs."""
+    while bs is not None:
+        yield bs
+        bs = bdrv_filter_or_cow_bs(bs)
+
+
+def bdrv_find_backing_image(bs: BlockDriverState, filename: str) -> BlockDriverState | None:
+    """First node below ``bs`` whose image filename equals ``filename``."""
+    for n in chain(bdrv_filter_or_cow_bs(bs)):
+        if not n.is_filter and n.filename == filename:
+            return n
+    return None
+
+
+def bdrv_get_device_or_node_name(bs: BlockDriverState) -> str:
+    for c in bs.parents:
+        if c.parent.kind == "bb" and c.parent.name:
+            return c.parent.name
+    return bs.node_name
+
+
+# -- op blockers ---------------------------------------------------------------
+
+def bdrv_op_is_blocked(bs: BlockDriverState) -> None:
+    """Raise ``Node '...' is busy: <reason>`` if any blocker is set."""
+    live(bs, "bdrv_op_is_blocked")
+    if bs.op_blockers:
+        raise QMPError(f"Node '{bdrv_get_device_or_node_name(bs)}' is busy: {bs.op_blockers[0]}")
+
+
+def bdrv_op_block_all(bs: BlockDriverState, reason: str) -> None:
+    live(bs, "bdrv_op_block_all").op_blockers.append(reason)
+
+
+def bdrv_op_unblock_all(bs: BlockDriverState, reason: str) -> None:
+    if reason in bs.op_blockers:
+        bs.op_blockers.remove(reason)
+
+
+# -- frozen chains -----------------------------------------------------------
+
+def bdrv_is_backing_chain_frozen(bs, base, errp_ok: bool = False) -> None:
+    i = bs
+    while i is not None and i is not base:
+        c = bdrv_filter_or_cow_child(i)
+        if c is not None and c.frozen:
+            raise QMPError(f"Cannot change '{c.name}' link from '{i.node_name}' to '{c.bs.node_name}'")
+        i = c.bs if c else None
+
+
+def bdrv_freeze_backing_chain(bs: BlockDriverState, base: BlockDriverState | None) -> None:
+    """Freeze every edge from ``bs`` down to (not leaving) ``base``."""
+    bdrv_is_backing_chain_frozen(bs, base)
+    for i in _chain_until(bs, base):
+        c = bdrv_filter_or_cow_child(i)
+        if c is not None and c.bs.never_freeze:
+            raise QMPError(f"Cannot freeze '{c.name}' link to '{c.bs.node_name}'")
+    for i in _chain_until(bs, base):
+        c = bdrv_filter_or_cow_child(i)
+        if c is not None:
+            c.frozen = True
+
+
+def bdrv_unfreeze_backing_chain(bs: BlockDriverState, base: BlockDriverState | None) -> None:
+    for i in _chain_until(bs, base):
+        c = bdrv_filter_or_cow_child(i)
+        if c is not None:
+            c.frozen = False
+
+
+def _chain_until(bs, base) -> list[BlockDriverState]:
+    out = []
+    i = bs
+    while i is not None and i is not base:
+        out.append(live(i, "bdrv_freeze_backing_chain"))
+        i = bdrv_filter_or_cow_bs(i)
+    return out
+
+
+# -- graph changes -------------------------------------------------------------
+
+def bdrv_set_backing_hd(bs: BlockDriverState, backing: BlockDriverState | None,
+                        drain_it: bool = True) -> None:
+    """Drain ``bs``, replace its backing edge, undrain (block.c, since c0829cb1fd).
+
+    The drain polls: other jobs' completions may run here.
+    """
+    from reference import drain
+    m = bs.m
+    if drain_it:
+        drain.bdrv_drained_begin(bs)
+    try:
+        m.cell_if_completion_ran("bdrv_set_backing_hd")
+        live(bs, "bdrv_set_backing_hd")
+        if backing is not None:
+            live(backing, "bdrv_set_backing_hd")
+        c = bs.backing
+        if c is not None:
+            if c.frozen:
+                raise QMPError(f"Cannot change frozen 'backing' link from '{bs.node_name}' "
+                               f"to '{c.bs.node_name}'")
+            if backing is not None and _would_cycle(bs, backing):
+                raise QMPError(f"Making '{backing.node_name}' a backing child of "
+                               f"'{bs.node_name}' would create a cycle")
+            bdrv_unref_child(bs, c)
+        if backing is not None:
+            bdrv_attach_child(bs, backing, "backing")
+    finally:
+        if drain_it:
+            drain.bdrv_drained_end(bs)
+
+
+def _would_cycle(bs, new) -> bool:
+    return any(n is bs for n in chain(new))
+
+
+def bdrv_replace_node(from_bs: BlockDriverState, to: BlockDriverState,
+                      auto_skip: bool = True, detach_subchain: bool = False) -> None:
+    """Move every movable parent edge of ``from_bs`` to ``to`` (bdrv_replace_node_common)."""
+    from reference import drain
+    bdrv_ref(from_bs, "bdrv_replace_node")
+    drain.bdrv_drained_begin(from_bs)
+    try:
+        live(to, "bdrv_replace_node")
+        to_cow_parent = None
+        if detach_subchain:
+            to_cow_parent = _node_above(from_bs, to)
+        edges = [c for c in from_bs.parents]
+        moving = []
+        for c in edges:
+            if c.stay_at_node or (c.parent.kind == "node" and _would_cycle(c.parent, to)):
+                if not auto_skip:
+                    raise QMPError(f"Should not change '{c.name}' link to '{from_bs.node_name}'")
+                continue
+            if c.frozen:
+                raise QMPError(f"Cannot change '{c.name}' link to '{from_bs.node_name}'")
+            moving.append(c)
+        for c in moving:
+            bdrv_ref(to, "bdrv_replace_node")
+            _replace_child_noperm(c, to)
+            bdrv_unref(from_bs, "bdrv_replace_node")
+        if to_cow_parent is not None:
+            c = bdrv_filter_or_cow_child(to_cow_parent)
+            if c is not None and c.bs is to:
+                bdrv_unref_child(to_cow_parent, c)
+    finally:
+        drain.bdrv_drained_end(from_bs)
+        bdrv_unref(from_bs, "bdrv_replace_node")
+
+
+def _node_above(top: BlockDriverState, target: BlockDriverState) -> BlockDriverState | None:
+    for n in chain(top):
+        if bdrv_filter_or_cow_bs(n) is target:
+            return n
+    return None
+
+
+def bdrv_append_filter(m: "Machine", drv: str, name: str | None, bs: BlockDriverState,
+                       implicit: bool) -> BlockDriverState:
+    """Create a filter above ``bs`` and move ``bs``'s movable parents to it (bdrv_append /
+    bdrv_insert_node). The creator's reference is returned to the caller."""
+    node_name = name if name else m.auto_node_name()
+    if name and name in m.named_nodes:
+        raise QMPError(f"Duplicate nodes with node-name='{name}'")
+    f = BlockDriverState(m, node_name, drv, implicit=not name)
+    f.read_only = bs.read_only
+    m.named_nodes[node_name] = f
+    bdrv_attach_child(f, bs, FILTER_CHILD[drv])
+    bdrv_replace_node(bs, f, auto_skip=True)
+    return f
+
+
+def bdrv_drop_filter(f: BlockDriverState) -> None:
+    """bdrv_drop_filter: replace the filter by its child for all movable parents and
+    detach the child."""
+    child = bdrv_filter_or_cow_bs(f)
+    if child is None:
+        return
+    bdrv_replace_node(f, child, auto_skip=True, detach_subchain=True)
+
+
+def bdrv_drop_intermediate(top: BlockDriverState, base: BlockDriverState,
+                           backing_file_str: str | None) -> None:
+    """Make the parents of ``top`` point at ``base`` (block.c bdrv_drop_intermediate, 7.2).
+
+    Runs inside a subtree drain of ``top``; the header rewrites of the
+    overlays are I/O (a poll point), covered by that drain.
+    """
+    from reference import drain
+    bdrv_ref(top, "bdrv_drop_intermediate")
+    drain.bdrv_subtree_drained_begin(top)
+    try:
+        if not bdrv_chain_contains(top, base):
+            raise QMPError("Input/output error", "EIO")
+        if backing_file_str is None:
+            backing_file_str = base.display_filename()
+        updated = [c for c in top.parents]
+        bdrv_replace_node(top, base, auto_skip=False)
+        for c in updated:
+            if c.parent.kind == "node" and c.bs is base:
+                bdrv_change_backing_file(c.parent, backing_file_str, bdrv_skip_filters(base).drv)
+    finally:
+        drain.bdrv_subtree_drained_end(top)
+        bdrv_unref(top, "bdrv_drop_intermediate")
+
+
+def bdrv_change_backing_file(bs: BlockDriverState, filename: str | None, fmt: str | None) -> None:
+    """Rewrite the image header's backing string (a filter passes it down)."""
+    target = bdrv_skip_filters(live(bs, "bdrv_change_backing_file"))
+    if target is None or target.drv not in ("qcow2",):
+        return
+    target.backing_file = filename
+    target.backing_format = fmt if filename else None
+
+
+def bdrv_reopen_set_read_only(bs: BlockDriverState, read_only: bool) -> None:
+    """Reopen ``bs`` read-only or read-write; drains its subtree while doing it."""
+    from reference import drain
+    drain.bdrv_subtree_drained_begin(bs)
+    try:
+        live(bs, "bdrv_reopen_set_read_only").read_only = read_only
+    finally:
+        drain.bdrv_subtree_drained_end(bs)

@@ -1,0 +1,159 @@
+"""The deterministic event loop (util/async.c, util/aio-posix.c, util/qemu-coroutine.c).
+
+QEMU's main loop runs bottom halves (BHs), timers and coroutine wake-ups;
+``aio_poll`` runs one iteration and ``AIO_WAIT_WHILE`` / ``BDRV_POLL_WHILE``
+poll until a condition clears. Here one iteration runs exactly one ready item,
+chosen by the scheduler, so every interleaving is a sequence of choices.
+
+Time is virtual: a blocking poll with nothing ready jumps to the earliest
+timer, so rate limits (``speed``) shape the order of events without sleeping.
+
+Coroutines are generators. A job's coroutine yields a :class:`Yield`
+directive; :meth:`Coroutine.enter` runs it until the next one, synchronously,
+as ``aio_co_enter`` does from the main loop outside coroutine context.
+"""
+from __future__ import annotations
+
+from typing import Callable, Generator
+
+from reference.errors import Hang
+
+#: one item that can run in a poll iteration: (key, callback)
+Ready = tuple[str, Callable[[], None]]
+
+MAX_STEPS = 200_000     # a run that needs more is a hang
+MAX_POLL_DEPTH = 64     # nested poll_while calls
+
+
+class Timer:
+    __slots__ = ("deadline", "key", "cb", "armed")
+
+    def __init__(self, deadline: int, key: str, cb: Callable[[], None]):
+        self.deadline = deadline
+        self.key = key
+        self.cb = cb
+        self.armed = True
+
+    def cancel(self) -> None:
+        self.armed = False
+
+
+class AioContext:
+    """The main AioContext: BHs, timers, and the scheduler's choices."""
+
+    def __init__(self, choose: Callable, max_steps: int = MAX_STEPS):
+        self.choose = choose
+        self.max_steps = max_steps
+        self.bhs: list[Ready] = []
+        self.timers: list[Timer] = []
+        self.now = 0                # virtual nanoseconds
+        self.steps = 0
+        self.poll_depth = 0
+        self.on_step: Callable[[str], None] | None = None
+
+    # -- scheduling ---------------------------------------------------------
+
+    def bh_schedule(self, key: str, cb: Callable[[], None]) -> None:
+        """aio_bh_schedule_oneshot: run ``cb`` in a later iteration."""
+        self.bhs.append((key, cb))
+
+    def timer_new(self, delay_ns: int, key: str, cb: Callable[[], None]) -> Timer:
+        t = Timer(self.now + max(0, delay_ns), key, cb)
+        self.timers.append(t)
+        return t
+
+    # -- running -------------------------------------------------------------
+
+    def _ready(self) -> list[tuple]:
+        timers = self.timers
+        if timers:
+            live = [t for t in timers if t.armed]
+            if len(live) != len(timers):
+                self.timers = timers = live
+        now = self.now
+        ready: list[tuple] = [(k, cb, None) for k, cb in self.bhs]
+        ready += [(t.key, t.cb, t) for t in timers if t.deadline <= now]
+        return ready
+
+    def aio_poll(self, blocking: bool) -> bool:
+        """Run one ready item (the scheduler picks which); False if none could run."""
+        ready = self._ready()
+        if not ready:
+            if not blocking or not self.timers:
+                return False
+            self.now = min(t.deadline for t in self.timers)
+            ready = self._ready()
+        if len(ready) == 1:
+            key, cb, timer = ready[0]
+        else:
+            key, cb, timer = ready[self.choose(len(ready), "poll", [r[0] for r in ready])]
+        if timer is None:
+            self.bhs.remove((key, cb))
+        else:
+            timer.armed = False
+        self.steps += 1
+        if self.steps > self.max_steps:
+            raise Hang(f"the event loop to settle (step limit {self.max_steps})", self.steps)
+        if self.on_step is not None:
+            self.on_step(key)
+        cb()
+        return True
+
+    def poll_while(self, cond: Callable[[], bool], what: str) -> None:
+        """AIO_WAIT_WHILE: poll until ``cond()`` is false; re-entrant, bounded."""
+        if not cond():
+            return
+        self.poll_depth += 1
+        try:
+            if self.poll_depth > MAX_POLL_DEPTH:
+                raise Hang(f"{what} (poll nesting deeper than {MAX_POLL_DEPTH})", self.steps)
+            while cond():
+                if not self.aio_poll(blocking=True):
+                    raise Hang(what, self.steps)
+        finally:
+            self.poll_depth -= 1
+
+
+class Yield:
+    """What a coroutine yields: how it wants to be woken."""
+
+    __slots__ = ("kind", "delay")
+
+    def __init__(self, kind: str, delay: int = 0):
+        self.kind = kind      # "sleep" (timer), "wait" (explicit enter), "io" (completion)
+        self.delay = delay
+
+
+YIELD_WAIT = Yield("wait")
+YIELD_IO = Yield("io")
+
+
+class Coroutine:
+    """A generator run as a QEMU coroutine.
+
+    ``enter()`` runs it to its next yield (or its end) synchronously;
+    ``on_yield(directive)`` and ``on_return(value)`` tell the owner what happened.
+    """
+
+    __slots__ = ("gen", "running", "done", "on_yield", "on_return")
+
+    def __init__(self, gen: Generator, on_yield: Callable[[Yield], None],
+                 on_return: Callable[[object], None]):
+        self.gen = gen
+        self.running = False
+        self.done = False
+        self.on_yield = on_yield
+        self.on_return = on_return
+
+    def enter(self) -> None:
+        assert not self.running and not self.done, "coroutine re-entered"
+        self.running = True
+        try:
+            directive = self.gen.send(None)
+        except StopIteration as stop:
+            self.running = False
+            self.done = True
+            self.on_return(stop.value)
+            return
+        self.running = False
+        self.on_yield(directive)

@@ -1,0 +1,272 @@
+"""One QEMU instance: the graph, the main loop, the jobs, the QMP events.
+
+:class:`Machine` is what ``qmp.execute`` acts on. It builds the backing
+chain of a case the way 030 attaches it (``-drive`` with read-only backing
+nodes and a BlockBackend on the top), and offers the data-path helpers
+(``is_allocated_above``, reads through the chain, copy-on-read) the jobs use.
+It also records the scenario *cells* a run reached ("a job completed
+inside a drain", ...): Antithesis-style "sometimes" events.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from reference.data import ImageData, merge_runs
+from reference.errors import ModelFault, QMPError
+from reference.graph import (BlockDriverState, BdrvChild, bdrv_attach_child, bdrv_filter_or_cow_bs,
+                             bdrv_skip_filters, bdrv_unref_child, chain, live)
+from reference.job import Job
+from reference.loop import AioContext
+
+
+class BlockBackend:
+    """A BlockBackend: a named device (``drive0``) or a job's anonymous one."""
+
+    kind = "bb"
+
+    def __init__(self, name: str = ""):
+        self.name = name
+        self.root: BdrvChild | None = None
+        self.quiesce_counter = 0
+        self.in_flight = 0
+
+    @property
+    def bs(self) -> BlockDriverState | None:
+        return self.root.bs if self.root else None
+
+
+class Machine:
+    def __init__(self, choose: Callable, bugs: Iterable[str] = (), trace: bool = False):
+        self.aio = AioContext(choose)
+        self.named_nodes: dict[str, BlockDriverState] = {}
+        self.blks: dict[str, BlockBackend] = {}
+        self.jobs: dict[str, Job] = {}
+        self.job_order: list[str] = []
+        self.events: list[dict] = []
+        self.bugs = frozenset(bugs)
+        self.cells: set[str] = set()
+        self.cmd_index = -1
+        self.drain_depth = 0
+        self.io_in_flight = 0
+        self.completing: list[Job] = []
+        self.auto_counter = 0
+        self.errors: list[str] = []
+        self.first_fault: ModelFault | None = None
+        self.top_node: BlockDriverState | None = None
+        self.trace: list[str] | None = [] if trace else None
+        if trace:
+            self.aio.on_step = lambda key: self.trace.append(f"{self.stamp('')[:-1]} run {key}")
+
+    # -- bookkeeping ------------------------------------------------------------
+
+    def stamp(self, where: str) -> str:
+        return f"{self.cmd_index}.{self.aio.steps} {where}"
+
+    def bug(self, bug_id: str) -> bool:
+        return bug_id in self.bugs
+
+    def event(self, name: str, data: dict) -> None:
+        self.events.append({"event": name, "data": data})
+        if self.trace is not None:
+            self.trace.append(f"{self.stamp('')[:-1]} event {name} {data}")
+
+    def cell(self, name: str) -> None:
+        self.cells.add(name)
+
+    def report_error(self, msg: str) -> None:
+        """error_report: QEMU prints it on stderr."""
+        self.errors.append(msg)
+
+    def auto_node_name(self) -> str:
+        self.auto_counter += 1
+        return f"#block{self.auto_counter:03d}"
+
+    def note_freed(self, bs: BlockDriverState) -> None:
+        if self.drain_depth > 0:
+            self.cell("a node was freed during a drain")
+        if self.completing and bs.is_filter:
+            self.cell(f"a {bs.drv} filter was freed by a job completion")
+
+    def note_completion_start(self, job: Job) -> None:
+        if self.drain_depth > 0:
+            self.cell("a job completed inside a drain")
+        if self.completing:
+            self.cell("a job completed inside another job's completion")
+            self.cell(f"a {job.job_type} completed inside a {self.completing[-1].job_type} completion")
+        self.completing.append(job)
+
+    def note_completion_end(self, job: Job) -> None:
+        if self.completing and self.completing[-1] is job:
+            self.completing.pop()
+
+    def cell_if_completion_ran(self, where: str) -> None:
+        pass
+
+    def must_succeed(self, fn: Callable[[], None], where: str) -> None:
+        """A call QEMU makes with &error_abort: a failure is a crash."""
+        try:
+            fn()
+        except QMPError as e:
+            raise ModelFault(f"{where}: &error_abort: {e.desc}", where=where) from None
+
+    # -- building the chain -------------------------------------------------------
+
+    def add_image(self, node_name: str, drv: str, filename: str, size: int, cluster_size: int,
+                  backing: BlockDriverState | None, read_only: bool) -> BlockDriverState:
+        bs = BlockDriverState(self, node_name, drv, filename=filename, read_only=read_only,
+                              data=ImageData(size, cluster_size, raw=(drv == "raw")))
+        self.named_nodes[node_name] = bs
+        if backing is not None:
+            bdrv_attach_child(bs, backing, "backing")
+            bdrv_unref_child_owner(backing)
+        return bs
+
+    def attach_device(self, name: str | None, bs: BlockDriverState) -> None:
+        """-drive id=NAME (a BlockBackend owning the chain) or blockdev-add (a monitor ref)."""
+        self.top_node = bs
+        if name is None:
+            return          # the monitor's reference is the one bs was created with
+        blk = BlockBackend(name)
+        blk.root = bdrv_attach_child(blk, bs, "root")
+        bs.refcnt -= 1      # -drive: the BlockBackend's root edge is the only owner
+        self.blks[name] = blk
+
+    def blk_new(self, bs: BlockDriverState) -> BlockBackend:
+        blk = BlockBackend("")
+        blk.root = bdrv_attach_child(blk, bs, "root")
+        return blk
+
+    def blk_unref(self, blk: BlockBackend | None) -> None:
+        if blk is not None and blk.root is not None:
+            c, blk.root = blk.root, None
+            bdrv_unref_child(blk, c)
+
+    # -- jobs ---------------------------------------------------------------------
+
+    def create_job(self, cls, job_id: str | None, main_bs: BlockDriverState, **kw) -> Job:
+        """block_job_create: id checks, then the job in status 'created'."""
+        if job_id is None:
+            from reference.graph import bdrv_get_device_or_node_name
+            job_id = device_name(main_bs)
+        if not id_wellformed(job_id):
+            raise QMPError(f"Invalid job ID '{job_id}'")
+        if job_id in self.jobs:
+            raise QMPError(f"Job ID '{job_id}' already in use")
+        speed = kw.pop("speed", 0)
+        job = cls(self, job_id, main_bs, **kw)
+        self.jobs[job_id] = job
+        self.job_order.append(job_id)
+        if speed:
+            try:
+                job.set_speed(speed)
+            except QMPError:
+                self.job_early_fail(job)
+                raise
+        return job
+
+    def job_early_fail(self, job: Job) -> None:
+        job.do_dismiss()
+
+    def job_removed(self, job: Job) -> None:
+        if self.jobs.get(job.id) is job:
+            del self.jobs[job.id]
+
+    # -- data path ------------------------------------------------------------------
+
+    def read(self, bs: BlockDriverState | None, start: int, end: int) -> list[tuple[int, int, int]]:
+        """What a read of [start, end) through ``bs`` returns (zeros past the chain)."""
+        if bs is None or start >= end:
+            return [(start, end, 0)] if start < end else []
+        live(bs, "bdrv_co_preadv")
+        if bs.is_filter or bs.data is None:
+            return self.read(bdrv_filter_or_cow_bs(bs), start, end)
+        out = []
+        size = bs.data.size
+        for s, e, b in bs.data.read(start, min(end, size)):
+            if b is None:
+                out.extend(self.read(bdrv_filter_or_cow_bs(bs), s, e))
+            else:
+                out.append((s, e, b))
+        if end > size:
+            out.append((max(start, size), end, 0))
+        return out
+
+    def is_allocated_above(self, top, base_overlay, offset: int, n: int) -> tuple[bool, int]:
+        """bdrv_is_allocated_above(top, base_overlay, include_base=true)."""
+        for bs in chain(top):
+            if bs.data is not None:
+                allocated, pnum = bs.data.block_status(offset, n)
+                if allocated:
+                    return True, pnum
+                n = min(n, pnum) if pnum else n
+            if bs is base_overlay:
+                break
+        return False, n
+
+    def write(self, bs: BlockDriverState, start: int, end: int, runs) -> None:
+        """A write into a format node (cluster allocation with copy-on-write)."""
+        live(bs, "bdrv_co_pwritev")
+        below = bdrv_filter_or_cow_bs(bs)
+        bs.data.write(start, end, runs, lambda s, e: self.read(below, s, e))
+
+    def copy_on_read(self, bs: BlockDriverState, offset: int, n: int) -> None:
+        """The copy-on-read filter copies what the backing chain shows into ``bs``."""
+        runs = self.read(bdrv_filter_or_cow_bs(bs), offset, offset + n)
+        self.write(bs, offset, offset + n, runs)
+
+    def copy_range(self, src: BlockDriverState, dst: BlockDriverState, offset: int, n: int) -> None:
+        runs = self.read(src, offset, offset + n)
+        self.write(bdrv_skip_filters(dst), offset, offset + n, runs)
+
+    def allocated_ranges(self, top, base_overlay) -> list[tuple[int, int]]:
+        size = bdrv_skip_filters(top).data.size
+        out = []
+        off = 0
+        while off < size:
+            allocated, n = self.is_allocated_above(top, base_overlay, off, size - off)
+            n = n or size - off
+            if allocated:
+                out.append((off, off + n))
+            off += n
+        return out
+
+    def device_root(self) -> BlockDriverState | None:
+        for blk in self.blks.values():
+            return blk.bs
+        return self.top_node
+
+    def guest_write(self, offset: int, length: int, pattern: int) -> None:
+        """A guest write through the device: down the filters into the format node;
+        an active mirror marks the range dirty."""
+        bs = self.device_root()
+        while bs.is_filter:
+            job = getattr(bs, "mirror_job", None)
+            if job is not None and not job.exited:
+                job.mark_dirty(offset, offset + length)
+            bs = bdrv_filter_or_cow_bs(bs)
+        self.write(bs, offset, offset + length, [(offset, offset + length, pattern)])
+
+    def guest_view(self) -> list[list[int]]:
+        bs = self.device_root()
+        size = bdrv_skip_filters(bs).data.size
+        return [[s, e - s, b] for s, e, b in merge_runs(self.read(bs, 0, size))]
+
+
+def bdrv_unref_child_owner(bs: BlockDriverState) -> None:
+    """Opening a backing child through its parent's options: the edge is the only owner."""
+    bs.refcnt -= 1
+
+
+def device_name(bs: BlockDriverState) -> str:
+    """bdrv_get_device_name: the first named BlockBackend parent, else ''."""
+    for c in bs.parents:
+        if c.parent.kind == "bb" and c.parent.name:
+            return c.parent.name
+    return ""
+
+
+def id_wellformed(s: str) -> bool:
+    """id_wellformed (util/id.c): a letter, then letters, digits, '-', '.', '_'."""
+    if not s or not s[0].isascii() or not s[0].isalpha():
+        return False
+    return all(ch.isascii() and (ch.isalnum() or ch in "-._") for ch in s)

@@ -1,0 +1,362 @@
+"""The QMP command surface (blockdev.c, job-qmp.c, qapi/block-core.json, qapi/job.json).
+
+``execute(machine, name, arguments)`` returns the reply as QMP shapes it:
+``{"return": ...}`` or ``{"error": {"class": ..., "desc": ...}}``, with
+QEMU's own texts. Arguments are checked as QAPI checks them (missing,
+unexpected, wrong type, bad enum value) before the handler runs.
+Harness commands start with ``x-``: ``x-step``, ``x-wait-jobs``,
+``x-guest-write``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from reference.commit import commit_active_start, commit_start
+from reference.errors import Hang, QMPError
+from reference.graph import (bdrv_chain_contains, bdrv_filter_or_cow_bs, bdrv_find_backing_image,
+                             bdrv_find_base, bdrv_find_overlay, bdrv_op_is_blocked,
+                             bdrv_skip_filters, live)
+from reference.job import Job
+from reference.stream import stream_start
+
+ON_ERROR = ("report", "ignore", "enospc", "stop", "auto")
+S, I, B, E = "string", "integer", "boolean", "on-error"
+_JOB_ARGS = {"job-id": S, "speed": I, "on-error": E, "filter-node-name": S,
+             "auto-finalize": B, "auto-dismiss": B}
+#: command -> (required arguments, all arguments with their QAPI type), in schema order
+SCHEMA: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
+    "block-stream": (("device",), {"job-id": S, "device": S, "base": S, "base-node": S,
+                                   "backing-file": S, "bottom": S, **_JOB_ARGS}),
+    "block-commit": (("device",), {"job-id": S, "device": S, "base-node": S, "base": S,
+                                   "top-node": S, "top": S, "backing-file": S, **_JOB_ARGS}),
+    "block-job-set-speed": (("device", "speed"), {"device": S, "speed": I}),
+    "block-job-cancel": (("device",), {"device": S, "force": B}),
+    "block-job-pause": (("device",), {"device": S}),
+    "block-job-resume": (("device",), {"device": S}),
+    "block-job-complete": (("device",), {"device": S}),
+    "block-job-finalize": (("id",), {"id": S}),
+    "block-job-dismiss": (("id",), {"id": S}),
+    "job-pause": (("id",), {"id": S}),
+    "job-resume": (("id",), {"id": S}),
+    "job-cancel": (("id",), {"id": S}),
+    "job-complete": (("id",), {"id": S}),
+    "job-finalize": (("id",), {"id": S}),
+    "job-dismiss": (("id",), {"id": S}),
+    "query-jobs": ((), {}),
+    "query-block-jobs": ((), {}),
+    "query-named-block-nodes": ((), {"flat": B}),
+    "x-debug-query-block-graph": ((), {}),
+    "x-step": ((), {"count": I}),
+    "x-wait-jobs": ((), {}),
+    "x-guest-write": (("offset", "length", "pattern"), {"offset": I, "length": I, "pattern": I}),
+}
+
+
+def execute(m, name: str, arguments: dict[str, Any] | None = None) -> dict:
+    """Run one command; a modelled error becomes an error reply, a ModelFault propagates."""
+    arguments = arguments or {}
+    try:
+        if name not in SCHEMA:
+            raise QMPError(f"The command {name} has not been found", "CommandNotFound")
+        check_arguments(name, arguments)
+        result = HANDLERS[name](m, **{k.replace("-", "_"): v for k, v in arguments.items()})
+    except QMPError as e:
+        return e.reply()
+    return {"return": {} if result is None else result}
+
+
+def check_arguments(name: str, args: dict[str, Any]) -> None:
+    required, spec = SCHEMA[name]
+    for key, typ in spec.items():
+        if key not in args:
+            if key in required:
+                raise QMPError(f"Parameter '{key}' is missing")
+            continue
+        value = args[key]
+        if typ == E:
+            if not isinstance(value, str):
+                raise QMPError(f"Invalid parameter type for '{key}', expected: string")
+            if value not in ON_ERROR:
+                raise QMPError(f"Parameter '{key}' does not accept value '{value}'")
+        elif not _type_ok(value, typ):
+            raise QMPError(f"Invalid parameter type for '{key}', expected: {typ}")
+    for key in args:
+        if key not in spec:
+            raise QMPError(f"Parameter '{key}' is unexpected")
+
+
+def _type_ok(value, typ: str) -> bool:
+    if typ == S:
+        return isinstance(value, str)
+    if typ == B:
+        return isinstance(value, bool)
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# -- lookups ---------------------------------------------------------------------
+
+def bdrv_lookup_bs(m, device: str | None, node_name: str | None):
+    if device is not None and device in m.blks:
+        bs = m.blks[device].bs
+        if bs is None:
+            raise QMPError(f"Device '{device}' has no medium")
+        return live(bs, "bdrv_lookup_bs")
+    if node_name is not None and node_name in m.named_nodes:
+        return live(m.named_nodes[node_name], "bdrv_lookup_bs")
+    raise QMPError(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
+
+
+def is_root_node(bs) -> bool:
+    return all(c.parent.kind == "bb" for c in bs.parents)
+
+
+# -- block-stream ------------------------------------------------------------------
+
+def qmp_block_stream(m, device, job_id=None, base=None, base_node=None, backing_file=None,
+                     bottom=None, speed=0, on_error="report", filter_node_name=None,
+                     auto_finalize=True, auto_dismiss=True):
+    for a, b, an, bn in ((base, base_node, "base", "base-node"), (base, bottom, "base", "bottom"),
+                         (bottom, base_node, "bottom", "base-node")):
+        if a is not None and b is not None:
+            raise QMPError(f"'{an}' and '{bn}' cannot be specified at the same time")
+    bs = bdrv_lookup_bs(m, device, device)
+    base_bs = bottom_bs = None
+    if base is not None:
+        base_bs = bdrv_find_backing_image(bs, base)
+        if base_bs is None:
+            raise QMPError(f"Can't find '{base}' in the backing chain")
+    if base_node is not None:
+        base_bs = bdrv_lookup_bs(m, None, base_node)
+        if bs is base_bs or not bdrv_chain_contains(bs, base_bs):
+            raise QMPError(f"Node '{base_node}' is not a backing image of '{device}'")
+    if bottom is not None:
+        bottom_bs = bdrv_lookup_bs(m, None, bottom)
+        if bottom_bs.is_filter:
+            raise QMPError(f"Node '{bottom}' is a filter, use a non-filter node as 'bottom'")
+        if not bdrv_chain_contains(bs, bottom_bs):
+            raise QMPError(f"Node '{bottom}' is not in a chain starting from '{device}'")
+    iter_end = bdrv_filter_or_cow_bs(bottom_bs) if bottom_bs is not None else base_bs
+    it = bs
+    while it is not None and it is not iter_end:
+        bdrv_op_is_blocked(it)
+        it = bdrv_filter_or_cow_bs(it)
+    if base_bs is None and backing_file is not None:
+        raise QMPError("backing file specified, but streaming the entire chain")
+    stream_start(m, job_id, bs, base_bs, backing_file, bottom_bs, speed=speed, on_error=on_error,
+                 filter_node_name=filter_node_name, auto_finalize=auto_finalize,
+                 auto_dismiss=auto_dismiss)
+
+
+# -- block-commit ------------------------------------------------------------------
+
+def qmp_block_commit(m, device, job_id=None, base_node=None, base=None, top_node=None, top=None,
+                     backing_file=None, speed=0, on_error="report", filter_node_name=None,
+                     auto_finalize=True, auto_dismiss=True):
+    bs = _commit_root(m, device)
+    bdrv_op_is_blocked(bs)
+    top_bs = _commit_top(m, bs, top_node, top)
+    base_bs = _commit_base(m, top_bs, base_node, base)
+    if top_bs is base_bs:
+        raise QMPError("cannot commit an image into itself")
+    stop = bdrv_filter_or_cow_bs(base_bs)
+    it = top_bs
+    while it is not None and it is not stop:
+        bdrv_op_is_blocked(it)
+        it = bdrv_filter_or_cow_bs(it)
+    kw = dict(speed=speed, on_error=on_error, filter_node_name=filter_node_name,
+              auto_finalize=auto_finalize, auto_dismiss=auto_dismiss)
+    if bdrv_skip_filters(top_bs) is bdrv_skip_filters(bs):
+        if backing_file is not None:
+            raise QMPError("'backing-file' specified, but 'top' is the active layer")
+        commit_active_start(m, job_id, bs, base_bs, **kw)
+        return
+    overlay = bdrv_find_overlay(bs, top_bs)
+    bdrv_op_is_blocked(overlay)
+    commit_start(m, job_id, bs, base_bs, top_bs, backing_file, **kw)
+
+
+def _commit_root(m, device):
+    """qmp_get_root_bs, with the DeviceNotFound class libvirt probes for."""
+    try:
+        bs = bdrv_lookup_bs(m, device, device)
+    except QMPError:
+        raise QMPError(f"Device '{device}' not found", "DeviceNotFound") from None
+    if not is_root_node(bs):
+        raise QMPError("Need a root block node")
+    return bs
+
+
+def _commit_top(m, bs, top_node, top):
+    if top_node is not None and top is not None:
+        raise QMPError("'top-node' and 'top' are mutually exclusive")
+    top_bs = bs
+    if top_node is not None:
+        top_bs = bdrv_lookup_bs(m, None, top_node)
+        if not bdrv_chain_contains(bs, top_bs):
+            raise QMPError(f"'{top_node}' is not in this backing file chain")
+    elif top is not None and bdrv_skip_filters(bs).filename != top:
+        top_bs = bdrv_find_backing_image(bs, top)
+    if top_bs is None:
+        raise QMPError(f"Top image file {top} not found")
+    return top_bs
+
+
+def _commit_base(m, top_bs, base_node, base):
+    if base_node is not None and base is not None:
+        raise QMPError("'base-node' and 'base' are mutually exclusive")
+    if base_node is not None:
+        base_bs = bdrv_lookup_bs(m, None, base_node)
+        if not bdrv_chain_contains(top_bs, base_bs):
+            raise QMPError(f"'{base_node}' is not in this backing file chain")
+        return base_bs
+    if base is not None:
+        base_bs = bdrv_find_backing_image(top_bs, base)
+        if base_bs is None:
+            raise QMPError(f"Can't find '{base}' in the backing chain")
+        return base_bs
+    base_bs = bdrv_find_base(top_bs)
+    if base_bs is None:
+        raise QMPError("There is no backimg image")
+    return base_bs
+
+
+# -- job verbs ---------------------------------------------------------------------
+
+def find_block_job(m, device: str) -> Job:
+    job = m.jobs.get(device)
+    if job is None:
+        raise QMPError(f"Block job '{device}' not found", "DeviceNotActive")
+    return job
+
+
+def find_job(m, job_id: str) -> Job:
+    job = m.jobs.get(job_id)
+    if job is None:
+        raise QMPError("Job not found")
+    return job
+
+
+def qmp_block_job_cancel(m, device, force=False):
+    job = find_block_job(m, device)
+    if job.user_paused and not force:
+        raise QMPError(f"The block job for device '{device}' is currently paused")
+    job.user_cancel(force)
+
+
+def qmp_block_job_set_speed(m, device, speed):
+    find_block_job(m, device).set_speed(speed)
+
+
+def _verb(lookup: Callable, method: str, *args) -> Callable:
+    def handler(m, **kw):
+        key = kw.get("device", kw.get("id"))
+        getattr(lookup(m, key), method)(*args)
+    return handler
+
+
+def qmp_query_jobs(m):
+    return [m.jobs[i].info() for i in m.job_order if i in m.jobs]
+
+
+def qmp_query_block_jobs(m):
+    return [m.jobs[i].block_info() for i in m.job_order if i in m.jobs]
+
+
+def qmp_query_named_block_nodes(m, flat=False):
+    out = []
+    for name, bs in m.named_nodes.items():
+        backing = bdrv_filter_or_cow_bs(bs) if not bs.is_filter else None
+        image = {"filename": bs.display_filename(), "format": bs.drv}
+        if bs.backing_file:
+            image["backing-filename"] = bs.backing_file
+        if backing is not None:
+            image["backing-image"] = {"filename": backing.display_filename(), "format": backing.drv}
+        out.append({"node-name": name, "drv": bs.drv, "file": bs.display_filename(),
+                    "ro": bs.read_only, "image": image})
+    return out
+
+
+def qmp_x_debug_query_block_graph(m):
+    nodes, edges, seen = [], [], {}
+
+    def node_id(obj, name, typ):
+        key = id(obj)
+        if key not in seen:
+            seen[key] = len(seen) + 1
+            nodes.append({"id": seen[key], "type": typ, "name": name})
+        return seen[key]
+
+    for bs in list(m.named_nodes.values()):
+        pid = node_id(bs, bs.node_name, "block-driver")
+        for c in bs.children:
+            edges.append({"parent": pid, "child": node_id(c.bs, c.bs.node_name, "block-driver"),
+                          "name": c.name})
+    for name, blk in m.blks.items():
+        if blk.bs is not None:
+            edges.append({"parent": node_id(blk, name, "block-backend"),
+                          "child": node_id(blk.bs, blk.bs.node_name, "block-driver"), "name": "root"})
+    for job in m.jobs.values():
+        for c in job.edges:
+            edges.append({"parent": node_id(job, job.id, "block-job"),
+                          "child": node_id(c.bs, c.bs.node_name, "block-driver"), "name": c.name})
+    return {"nodes": nodes, "edges": edges}
+
+
+# -- harness commands ------------------------------------------------------------------
+
+def x_step(m, count=1):
+    if count < 0:
+        raise QMPError("Parameter 'count' expects a non-negative integer")
+    for _ in range(count):
+        if not m.aio.aio_poll(blocking=True):
+            break
+
+
+def job_settled(job: Job) -> bool:
+    """Concluded, or waiting for a verb: finalize, complete, resume."""
+    if job.status in ("concluded", "null", "ready", "standby"):
+        return True
+    if job.status == "pending" and not job.auto_finalize:
+        return True
+    return job.user_paused
+
+
+def x_wait_jobs(m):
+    while not all(job_settled(j) for j in m.jobs.values()):
+        if not m.aio.aio_poll(blocking=True):
+            busy = ", ".join(f"{j.id} ({j.status})" for j in m.jobs.values() if not job_settled(j))
+            raise Hang(f"jobs to settle: {busy}", m.aio.steps)
+
+
+def x_guest_write(m, offset, length, pattern):
+    root = m.device_root()
+    size = bdrv_skip_filters(root).data.size
+    if offset < 0 or length <= 0 or offset + length > size or not 0 <= pattern <= 255:
+        raise QMPError("Invalid guest write: offset, length or pattern out of range")
+    m.guest_write(offset, length, pattern)
+
+
+HANDLERS: dict[str, Callable] = {
+    "block-stream": qmp_block_stream,
+    "block-commit": qmp_block_commit,
+    "block-job-set-speed": qmp_block_job_set_speed,
+    "block-job-cancel": qmp_block_job_cancel,
+    "block-job-pause": _verb(find_block_job, "user_pause"),
+    "block-job-resume": _verb(find_block_job, "user_resume"),
+    "block-job-complete": _verb(find_block_job, "user_complete"),
+    "block-job-finalize": _verb(find_block_job, "finalize"),
+    "block-job-dismiss": _verb(find_block_job, "dismiss"),
+    "job-pause": _verb(find_job, "user_pause"),
+    "job-resume": _verb(find_job, "user_resume"),
+    "job-cancel": _verb(find_job, "user_cancel", True),
+    "job-complete": _verb(find_job, "user_complete"),
+    "job-finalize": _verb(find_job, "finalize"),
+    "job-dismiss": _verb(find_job, "dismiss"),
+    "query-jobs": qmp_query_jobs,
+    "query-block-jobs": qmp_query_block_jobs,
+    "query-named-block-nodes": qmp_query_named_block_nodes,
+    "x-debug-query-block-graph": qmp_x_debug_query_block_graph,
+    "x-step": x_step,
+    "x-wait-jobs": x_wait_jobs,
+    "x-guest-write": x_guest_write,
+}

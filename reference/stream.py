@@ -1,0 +1,203 @@
+"""block-stream (block/stream.c, QEMU 6.0 ... 7.2): copy the data of the
+intermediate nodes into the top, then make ``base`` the top's backing.
+
+:func:`stream_prepare` has the variants of the seed bug: the fixed one
+(b1e1af394d: subtree drain of ``above_base`` around reading ``base`` and
+changing the graph), ``stream-prepare-no-drain`` (no reference, no drain:
+use-after-free when a commit completes inside ``bdrv_set_backing_hd``'s
+drain) and ``stream-prepare-ref-only`` (a reference but no drain: a node the
+commit cut out is installed again).
+"""
+from __future__ import annotations
+
+from typing import Generator
+
+from reference import drain
+from reference.errors import QMPError
+from reference.graph import (bdrv_append_filter, bdrv_cow_bs, bdrv_cow_child, bdrv_drop_filter,
+                             bdrv_filter_or_cow_bs, bdrv_find_overlay, bdrv_freeze_backing_chain,
+                             bdrv_ref, bdrv_reopen_set_read_only, bdrv_skip_filters,
+                             bdrv_unfreeze_backing_chain, bdrv_unref, bdrv_change_backing_file,
+                             bdrv_set_backing_hd, bdrv_filter_child, live)
+from reference.job import Job
+
+STREAM_CHUNK = 512 << 10
+
+
+class StreamJob(Job):
+    job_type = "stream"
+
+    def run(self) -> Generator:
+        """stream_run: copy what is allocated between the top and base_overlay."""
+        m = self.m
+        bs = bdrv_skip_filters(self.target_bs)
+        if bs is self.base_overlay:
+            return 0
+        length = bs.data.size
+        self.len = length
+        offset = 0
+        while offset < length:
+            yield from self.ratelimit_sleep()
+            if self.is_cancelled():
+                break
+            allocated, n = bs.data.block_status(offset, STREAM_CHUNK)
+            copy = False
+            if not allocated:
+                copy, n = m.is_allocated_above(bdrv_cow_bs(bs), self.base_overlay, offset, n)
+                if not copy and n == 0:
+                    n = length - offset
+            if copy:
+                yield from self.io()
+                m.copy_on_read(bs, offset, n)
+            offset += n
+            self.offset = offset
+            if copy:
+                self.ratelimit_calculate_delay(n)
+        return 0
+
+    def prepare(self) -> int:
+        m = self.m
+        m.cell("stream_prepare ran")
+        if any(j is not self and j.job_type == "commit" and not j.is_completed()
+               for j in m.jobs.values()):
+            m.cell("stream_prepare ran while a commit was pending")
+        self.cor_filter_drop()
+        if m.bug("stream-prepare-no-drain"):
+            return self._prepare_unfixed(take_ref=False)
+        if m.bug("stream-prepare-ref-only"):
+            return self._prepare_unfixed(take_ref=True)
+        return self._prepare_fixed()
+
+    def _prepare_fixed(self) -> int:
+        above_base = self.above_base
+        drain.bdrv_subtree_drained_begin(above_base)
+        base = bdrv_filter_or_cow_bs(above_base)
+        if base is not None:
+            bdrv_ref(base, "stream_prepare")
+        try:
+            return self._set_backing(base)
+        finally:
+            if base is not None:
+                bdrv_unref(base, "stream_prepare")
+            drain.bdrv_subtree_drained_end(above_base)
+
+    def _prepare_unfixed(self, take_ref: bool) -> int:
+        base = bdrv_filter_or_cow_bs(self.above_base)
+        if take_ref and base is not None:
+            bdrv_ref(base, "stream_prepare")
+        try:
+            return self._set_backing(base)
+        finally:
+            if take_ref and base is not None:
+                bdrv_unref(base, "stream_prepare")
+
+    def _set_backing(self, base) -> int:
+        bs = bdrv_skip_filters(self.target_bs)
+        if bdrv_cow_child(bs) is None:
+            return 0
+        unfiltered_base = bdrv_skip_filters(base)
+        base_id = base_fmt = None
+        if unfiltered_base is not None:
+            base_id = self.backing_file_str or unfiltered_base.filename
+            base_fmt = unfiltered_base.drv
+        try:
+            bdrv_set_backing_hd(bs, base)
+        except QMPError as e:
+            self.m.report_error(e.desc)
+            return -1
+        bdrv_change_backing_file(bs, base_id, base_fmt)
+        return 0
+
+    def cor_filter_drop(self) -> None:
+        """bdrv_cor_filter_drop: unfreeze, drop the filter, drop our reference."""
+        cor = self.cor_filter_bs
+        if cor is None:
+            return
+        self.cor_filter_bs = None
+        if self.cor_frozen:
+            self.cor_frozen = False
+            bdrv_unfreeze_backing_chain(cor, self.base_overlay)
+        bdrv_drop_filter(cor)
+        bdrv_unref(cor, "bdrv_cor_filter_drop")
+
+    def clean(self) -> None:
+        """stream_clean: drop the filter if still there, reopen read-only."""
+        self.cor_filter_drop()
+        if self.bs_read_only:
+            bdrv_reopen_set_read_only(self.target_bs, True)
+
+
+def stream_start(m, job_id, bs, base, backing_file_str, bottom, *, speed, on_error,
+                 filter_node_name, auto_finalize, auto_dismiss) -> StreamJob:
+    """stream_start: freeze/reopen, insert the copy-on-read filter, create and start the job."""
+    if bottom is not None:
+        base_overlay = above_base = bottom
+    else:
+        base_overlay = bdrv_find_overlay(bs, base)
+        if base_overlay is None:
+            raise QMPError(f"'{base.node_name}' is not in the backing chain of '{bs.node_name}'")
+        above_base = base_overlay
+        if bdrv_cow_bs(above_base) is not base:
+            above_base = bdrv_cow_bs(above_base)
+            while bdrv_filter_or_cow_bs(above_base) is not base:
+                above_base = bdrv_filter_or_cow_bs(above_base)
+    bs_read_only = bs.read_only
+    if bs_read_only:
+        bdrv_freeze_backing_chain(bs, above_base)
+        try:
+            bdrv_reopen_set_read_only(bs, False)
+        finally:
+            bdrv_unfreeze_backing_chain(bs, above_base)
+    try:
+        cor = _insert_cor(m, bs, base_overlay, filter_node_name)
+    except QMPError:
+        _undo_reopen(bs, bs_read_only)
+        raise
+    try:
+        job = m.create_job(StreamJob, job_id, cor, speed=speed, on_error=on_error,
+                           auto_finalize=auto_finalize, auto_dismiss=auto_dismiss)
+    except QMPError:
+        _drop_cor(cor, base_overlay)
+        _undo_reopen(bs, bs_read_only)
+        raise
+    job.target_bs = bs
+    job.base_overlay = base_overlay
+    job.above_base = above_base
+    job.backing_file_str = backing_file_str
+    job.cor_filter_bs = cor
+    job.cor_frozen = True
+    job.bs_read_only = bs_read_only
+    job.add_bdrv("active node", bs)
+    stop = bdrv_filter_or_cow_bs(above_base)
+    it = bdrv_filter_or_cow_bs(bs)
+    while it is not None and it is not stop:
+        job.add_bdrv("intermediate node", it)
+        it = bdrv_filter_or_cow_bs(it)
+    job.start()
+    return job
+
+
+def _insert_cor(m, bs, bottom, filter_node_name):
+    """bdrv_insert_node with driver copy-on-read: the filter freezes its chain down to
+    ``bottom`` (cor_open) and holds a reference on it."""
+    cor = bdrv_append_filter(m, "copy-on-read", filter_node_name, bs, implicit=not filter_node_name)
+    try:
+        bdrv_freeze_backing_chain(cor, bottom)
+    except QMPError:
+        bdrv_drop_filter(cor)
+        bdrv_unref(cor, "cor_open")
+        raise
+    bdrv_ref(bottom, "cor_open")
+    cor.cor_bottom = bottom
+    return cor
+
+
+def _drop_cor(cor, bottom) -> None:
+    bdrv_unfreeze_backing_chain(cor, bottom)
+    bdrv_drop_filter(cor)
+    bdrv_unref(cor, "bdrv_cor_filter_drop")
+
+
+def _undo_reopen(bs, bs_read_only: bool) -> None:
+    if bs_read_only:
+        bdrv_reopen_set_read_only(bs, True)
