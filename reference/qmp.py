@@ -314,8 +314,12 @@ def x_step(m, count=1):
 
 def job_settled(job: Job) -> bool:
     """Concluded, or waiting for a verb: finalize, complete, resume."""
-    if job.status in ("concluded", "null", "ready", "standby"):
+    if job.status in ("concluded", "null"):
         return True
+    if job.deferred_to_main_loop:
+        return False
+    if job.status in ("ready", "standby"):
+        return not (getattr(job, "should_complete", False) or job.cancelled)
     if job.status == "pending" and not job.auto_finalize:
         return True
     return job.user_paused
