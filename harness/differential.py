@@ -1,0 +1,358 @@
+"""``blockfuzz diff``: run cases on the model and on real QEMU 7.2 and compare.
+
+Both observations are brought to one shape (:func:`normalise`): the replies
+(success, or error class and text), each job's status sequence with drain
+pauses folded away, the final chain's node names with filters collapsed and
+their backing strings, the guest-visible data, the on-disk backing strings
+(where both sides report them) and the kind of finding, if any.
+
+The model's scheduler may legitimately give several outcomes, so QEMU's
+outcome is compared with the *set* the model gives over ``K`` seeds (and the
+case's own schedule): a match with any of them is agreement. Anything else is
+a ``qemu-mismatch`` finding whose report shows the closest model outcome(s)
+and QEMU next to each other, command by command.
+
+Example::
+
+    blockfuzz diff corpus/seeds --seeds 20 --verbose
+    blockfuzz diff case.json --repeat 200 --jobs 2 --only qemu   # throughput
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from harness.case import Case, load
+from harness.errors import UsageError
+from harness.observation import Finding, Observation, fold_drain_pairs
+
+DEFAULT_SEEDS = 20
+#: the fields of a normalised outcome, in report order
+FIELDS = ("finding", "replies", "job_statuses", "chain", "backing", "data", "on_disk_backing")
+
+ModelRun = Callable[[Case, "int | None"], Observation]
+
+
+# -- normalising -------------------------------------------------------------------
+
+def normalise(obs: Observation) -> dict[str, Any]:
+    """One observation in the shape both backends are compared in (JSON-able, hashable by
+    :func:`outcome_key`)."""
+    return {
+        "finding": obs.finding.kind if obs.finding else None,
+        "replies": [_reply(r) for r in obs.replies],
+        "job_statuses": {job: fold_drain_pairs(seq) for job, seq in sorted(obs.job_statuses.items())},
+        "chain": obs.chain_names(collapse_filters=True),
+        "backing": [[n.node_name, n.backing_file] for n in obs.chain if not n.is_filter],
+        "data": _merge_runs(obs.data),
+        "on_disk_backing": obs.extra.get("on_disk_backing"),
+    }
+
+
+def _reply(reply: dict) -> dict:
+    if "error" in reply:
+        err = reply["error"]
+        return {"error": {"class": err.get("class"), "desc": err.get("desc")}}
+    return {"return": {}}
+
+
+def _merge_runs(runs: Iterable[Iterable[int]]) -> list[list[int]]:
+    out: list[list[int]] = []
+    for offset, length, byte in runs:
+        if out and out[-1][2] == byte and out[-1][0] + out[-1][1] == offset:
+            out[-1][1] += length
+        elif length:
+            out.append([offset, length, byte])
+    return out
+
+
+def outcome_key(outcome: dict[str, Any]) -> str:
+    return json.dumps(outcome, sort_keys=True)
+
+
+def differing_fields(model: dict[str, Any], qemu: dict[str, Any]) -> list[str]:
+    """Fields that differ; the on-disk strings only count when both sides give them."""
+    out = []
+    for name in FIELDS:
+        if name == "on_disk_backing" and (model[name] is None or qemu[name] is None):
+            continue
+        if model[name] != qemu[name]:
+            out.append(name)
+    return out
+
+
+# -- one case ------------------------------------------------------------------------
+
+@dataclass
+class DiffResult:
+    """The outcome of one case on both sides."""
+
+    case: Case
+    qemu: Observation
+    model: list[tuple[str, Observation]] = field(default_factory=list)  # label, one per outcome
+    finding: Finding | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.finding is None
+
+
+def model_outcomes(case: Case, seeds: int, run_model: ModelRun) -> list[tuple[str, Observation]]:
+    """The distinct outcomes of the model: the case's own schedule, then seeds 0..K-1."""
+    seen: dict[str, tuple[str, Observation]] = {}
+    for seed in [None, *range(seeds)]:
+        obs = run_model(case, seed)
+        label = "the case's schedule" if seed is None else f"seed {seed}"
+        seen.setdefault(outcome_key(normalise(obs)), (label, obs))
+    return list(seen.values())
+
+
+def compare(case: Case, qemu: Observation, model: list[tuple[str, Observation]],
+            seeds: int) -> Finding | None:
+    """None when QEMU's outcome is one the model allows; else the finding."""
+    if qemu.finding is not None and qemu.finding.kind == "qemu-crash":
+        return qemu.finding
+    q = normalise(qemu)
+    normalised = [(label, normalise(obs)) for label, obs in model]
+    if any(not differing_fields(m, q) for _, m in normalised):
+        return None
+    return Finding("qemu-mismatch", report(case, qemu, model, seeds),
+                   where=_where(case, normalised, q), step=_first_step(normalised, q))
+
+
+def _closest(normalised: list[tuple[str, dict]], q: dict) -> list[tuple[str, dict]]:
+    best = min(len(differing_fields(m, q)) for _, m in normalised)
+    return [(label, m) for label, m in normalised if len(differing_fields(m, q)) == best]
+
+
+def _first_step(normalised: list[tuple[str, dict]], q: dict) -> int:
+    label, m = _closest(normalised, q)[0]
+    for i, reply in enumerate(q["replies"]):
+        if i >= len(m["replies"]) or m["replies"][i] != reply:
+            return i
+    return -1
+
+
+def _where(case: Case, normalised: list[tuple[str, dict]], q: dict) -> str:
+    """For deduplication: the first differing field, and the command for replies."""
+    label, m = _closest(normalised, q)[0]
+    name = differing_fields(m, q)[0]
+    step = _first_step(normalised, q)
+    if name == "replies" and 0 <= step < len(case.commands):
+        return f"replies:{case.commands[step].execute}"
+    return name
+
+
+# -- the report ------------------------------------------------------------------------
+
+def report(case: Case, qemu: Observation, model: list[tuple[str, Observation]], seeds: int) -> str:
+    """The side-by-side report: every command, then every other differing field."""
+    q = normalise(qemu)
+    normalised = [(label, normalise(obs)) for label, obs in model]
+    closest = _closest(normalised, q)
+    fields = differing_fields(closest[0][1], q)
+    lines = [f"qemu-mismatch: {case.path or '<case>'}: QEMU differs from all {len(model)} "
+             f"model outcome(s) over {seeds} seeds; closest ({', '.join(l for l, _ in closest)}) "
+             f"differ in: {', '.join(fields)}"]
+    if q["finding"] is not None:
+        lines.append(f"  QEMU finding: {qemu.finding.kind}: {qemu.finding.message}")  # type: ignore[union-attr]
+    lines.append(f"  {'step':<5}{'command':<50}{'model':<45}qemu")
+    for i, command in enumerate(case.commands):
+        text = json.dumps(command.to_dict()["arguments"]) if command.arguments else ""
+        mine = _distinct(_reply_text(m["replies"], i) for _, m in closest)
+        theirs = _reply_text(q["replies"], i)
+        mark = "" if theirs in mine else "   <<"
+        lines.append(f"  {i:<5}{_cut(command.execute + ' ' + text, 48):<50}"
+                     f"{_cut(' | '.join(mine), 43):<45}{theirs}{mark}")
+        if mark:
+            for variant in mine:
+                lines.append(f"{'':7}model: {variant}")
+            lines.append(f"{'':7}qemu:  {theirs}")
+    for name in FIELDS[2:]:
+        if name in fields:
+            lines.append(f"  {name}:")
+            for label, m in closest:
+                lines.append(f"    model ({label}): {_show(name, m[name])}")
+            lines.append(f"    qemu:  {_show(name, q[name])}")
+    if "finding" in fields:
+        for label, m in closest:
+            lines.append(f"  finding: model ({label}): {m['finding'] or 'none'}; "
+                         f"qemu: {q['finding'] or 'none'}")
+    return "\n".join(lines)
+
+
+def _reply_text(replies: list[dict], i: int) -> str:
+    if i >= len(replies):
+        return "(not reached)"
+    reply = replies[i]
+    if "error" in reply:
+        return f"error {reply['error']['class']}: {reply['error']['desc']}"
+    return "ok"
+
+
+def _distinct(items: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _show(name: str, value: Any) -> str:
+    if name == "chain":
+        return " → ".join(value)
+    if name == "job_statuses":
+        return "; ".join(f"{job}: {' '.join(seq)}" for job, seq in value.items()) or "(no jobs)"
+    return json.dumps(value)
+
+
+# -- running --------------------------------------------------------------------------
+
+def reference_model(case: Case, seed: int | None) -> Observation:
+    """The model with QEMU 7.2's behaviour (no bugs put back), on one schedule."""
+    try:
+        from harness.backends import reference
+    except ImportError:  # pragma: no cover - the model ships with the harness
+        raise UsageError("blockfuzz diff: the model backend (harness.backends.reference) "
+                         "is not available in this build") from None
+    source = reference.source_for(case, seed) if seed is not None else None
+    return reference.run_case(case, source, bugs=())
+
+
+class Differ:
+    """Runs cases on both sides; owns one :class:`~harness.backends.qemu.QemuRunner`."""
+
+    def __init__(self, *, seeds: int = DEFAULT_SEEDS, timeout: float = 10.0,
+                 only: str | None = None, run_model: ModelRun = reference_model):
+        from harness.backends.qemu import QemuRunner
+
+        self.seeds = seeds
+        self.only = only
+        self.run_model = run_model
+        self.runner = QemuRunner(timeout=timeout) if only != "model" else None
+
+    def __enter__(self) -> "Differ":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+
+    def diff(self, case: Case) -> DiffResult:
+        if self.only == "model":
+            obs = self.run_model(case, None)
+            return DiffResult(case, Observation(), [("the case's schedule", obs)], obs.finding)
+        assert self.runner is not None
+        qemu = self.runner.run(case)
+        if self.only == "qemu":
+            return DiffResult(case, qemu, [], qemu.finding)
+        model = model_outcomes(case, self.seeds, self.run_model)
+        return DiffResult(case, qemu, model, compare(case, qemu, model, self.seeds))
+
+
+# -- worker pool ------------------------------------------------------------------------
+
+_worker: Differ | None = None
+
+
+def _init_worker(seeds: int, timeout: float, only: str | None) -> None:  # pragma: no cover - in workers
+    import multiprocessing.util
+
+    global _worker
+    _worker = Differ(seeds=seeds, timeout=timeout, only=only)
+    multiprocessing.util.Finalize(None, _worker.close, exitpriority=10)
+
+
+def _diff_in_worker(case: Case) -> DiffResult:  # pragma: no cover - in workers
+    assert _worker is not None
+    return _worker.diff(case)
+
+
+def run_all(cases: list[Case], *, seeds: int, timeout: float, only: str | None,
+            jobs: int) -> Iterable[DiffResult]:
+    """Diff every case, in order; ``jobs`` > 1 spreads them over worker processes."""
+    if jobs <= 1:
+        with Differ(seeds=seeds, timeout=timeout, only=only) as differ:
+            for case in cases:
+                yield differ.diff(case)
+        return
+    with ProcessPoolExecutor(jobs, initializer=_init_worker,
+                             initargs=(seeds, timeout, only)) as pool:
+        yield from pool.map(_diff_in_worker, cases, chunksize=4)
+
+
+# -- command line ---------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="CASE|DIR",
+                        help="case files, or directories searched for *.json")
+    parser.add_argument("--seeds", type=int, default=DEFAULT_SEEDS, metavar="K",
+                        help=f"model schedules to try besides the case's own (default {DEFAULT_SEEDS})")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="worker processes, each with its own QEMU (default 1)")
+    parser.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                        help="bound of every QEMU wait, in seconds (default 10)")
+    parser.add_argument("--repeat", type=int, default=1, metavar="N",
+                        help="run each case N times (throughput measurements)")
+    parser.add_argument("--only", choices=("qemu", "model"),
+                        help="run one side only and report its findings and speed")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print the side-by-side report under each failing case")
+
+
+def collect(paths: list[str]) -> list[Case]:
+    """Load the cases named on the command line (directories: every *.json below, sorted)."""
+    files: list[str] = []
+    for path in paths:
+        if os.path.isdir(path):
+            found = sorted(os.path.join(d, f) for d, _, names in os.walk(path)
+                           for f in names if f.endswith(".json"))
+            if not found:
+                raise UsageError(f"{path}: no *.json case files in this directory")
+            files += found
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise UsageError(f"{path}: no such file or directory")
+    return [load(f) for f in files]
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.seeds < 0 or args.jobs < 1 or args.repeat < 1 or args.timeout <= 0:
+        raise UsageError("blockfuzz diff: --seeds must be >= 0, --jobs and --repeat >= 1, "
+                         "--timeout > 0")
+    cases = [c for c in collect(args.paths) for _ in range(args.repeat)]
+    passed = failed = 0
+    start = time.perf_counter()
+    for result in run_all(cases, seeds=args.seeds, timeout=args.timeout, only=args.only,
+                          jobs=args.jobs):
+        name = result.case.path or "<case>"
+        if result.ok:
+            passed += 1
+            print(f"ok    {name}")
+        else:
+            failed += 1
+            finding = result.finding
+            assert finding is not None
+            first = finding.message.splitlines()[0]
+            detail = first if first.startswith(finding.kind) else f"{finding.kind}: {first}"
+            print(f"FAIL  {name}: {detail}")
+            if args.verbose:
+                print("\n".join("      " + line for line in finding.message.splitlines()[1:]))
+        sys.stdout.flush()
+    elapsed = time.perf_counter() - start
+    print(f"{passed} passed, {failed} failed")
+    if args.repeat > 1 or args.only:
+        side = args.only or "model and qemu"
+        print(f"{len(cases)} cases in {elapsed:.2f} s: {len(cases) / elapsed:.1f} cases/s "
+              f"({side}, {args.jobs} worker{'s' if args.jobs > 1 else ''})")
+    return 0 if failed == 0 else 1
