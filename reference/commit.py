@@ -188,7 +188,8 @@ class MirrorCommitJob(Job):
 
     def complete(self) -> None:
         self.should_complete = True
-        self.enter()
+        if not self.paused:       # a paused job is re-entered when it is resumed
+            self.enter()
 
     def prepare(self) -> int:
         return self._exit_common(abort=False)

@@ -44,7 +44,8 @@ VERBS: dict[str, frozenset[str]] = {
     "pause": frozenset({"created", "running", "paused", "ready", "standby"}),
     "resume": frozenset({"created", "running", "paused", "ready", "standby"}),
     "set-speed": frozenset({"created", "running", "paused", "ready", "standby"}),
-    "complete": frozenset({"ready"}),
+    # QEMU 7.2 accepts complete in standby too (measured; it acts after resume)
+    "complete": frozenset({"ready", "standby"}),
     "finalize": frozenset({"pending"}),
     "dismiss": frozenset({"concluded"}),
 }
@@ -418,7 +419,7 @@ class Job:
 
     def user_complete(self) -> None:
         self.apply_verb("complete")
-        if self.pause_count or self.is_cancelled() or not self.can_complete():
+        if self.cancelled or not self.can_complete():
             raise QMPError(f"The active block job '{self.id}' cannot be completed")
         self.complete()
 
@@ -446,7 +447,8 @@ class Job:
         self.slice_quota = max(speed * SLICE_NS / 1e9, 1.0) if speed else 0.0
         if speed and speed <= old:
             return
-        self.enter_cond(timer_ok=True)
+        if self.sleep_timer is not None:      # kick only if a timer is pending
+            self.enter_cond(timer_ok=True)
 
     def info(self) -> dict:
         """query-jobs entry."""

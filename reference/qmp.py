@@ -316,8 +316,8 @@ def job_settled(job: Job) -> bool:
     """Concluded, or waiting for a verb: finalize, complete, resume."""
     if job.status in ("concluded", "null"):
         return True
-    if job.deferred_to_main_loop:
-        return False
+    if job.deferred_to_main_loop and not job.is_completed():
+        return False      # job_exit is still to run
     if job.status in ("ready", "standby"):
         return not (getattr(job, "should_complete", False) or job.cancelled)
     if job.status == "pending" and not job.auto_finalize:

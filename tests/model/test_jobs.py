@@ -1,0 +1,158 @@
+"""The job state machine, verbs and events, through QMP on the model."""
+import pytest
+
+from harness.backends.reference import run_case
+from harness.choices import RandomSource, RecordedSource
+from reference.errors import IllegalTransition
+from reference.job import TRANSITIONS, VERBS
+from tests.model.conftest import chain_case
+
+
+def statuses(obs, job):
+    return [e["data"]["status"] for e in obs.events
+            if e["event"] == "JOB_STATUS_CHANGE" and e["data"]["id"] == job]
+
+
+def test_stream_runs_through_the_exact_status_sequence_and_events():
+    case = chain_case(4, [("block-stream", {"device": "drive0", "base-node": "node1"})])
+    obs = run_case(case, RandomSource(1))
+    assert obs.replies == [{"return": {}}]
+    assert obs.job_statuses == {"drive0": ["created", "running", "waiting", "pending",
+                                           "concluded", "null"]}
+    completed = [e for e in obs.events if e["event"] == "BLOCK_JOB_COMPLETED"]
+    assert completed == [{"event": "BLOCK_JOB_COMPLETED",
+                          "data": {"type": "stream", "device": "drive0", "len": 1 << 20,
+                                   "offset": 1 << 20, "speed": 0}}]
+    assert obs.chain_names(False) == ["node3", "node1", "node0"]
+    assert obs.chain[0].backing_file == "node1.qcow2"
+
+
+def test_manual_finalize_holds_the_graph_until_job_finalize():
+    case = chain_case(4, [("block-stream", {"device": "drive0", "base-node": "node1",
+                                             "job-id": "s", "auto-finalize": False,
+                                             "auto-dismiss": False}),
+                          ("x-wait-jobs",), ("job-dismiss", {"id": "s"}),
+                          ("job-finalize", {"id": "s"}), ("job-dismiss", {"id": "s"})])
+    obs = run_case(case, RandomSource(0))
+    assert obs.replies[2] == {"error": {"class": "GenericError",
+                                        "desc": "Job 's' in state 'pending' cannot accept command verb 'dismiss'"}}
+    assert obs.replies[3:] == [{"return": {}}, {"return": {}}]
+    assert [e["event"] for e in obs.events if e["event"].startswith("BLOCK_JOB")] == \
+        ["BLOCK_JOB_PENDING", "BLOCK_JOB_COMPLETED"]
+    assert statuses(obs, "s") == ["created", "running", "waiting", "pending", "concluded", "null"]
+    assert obs.chain_names() == ["node3", "node1", "node0"]
+
+
+def test_pending_job_changes_no_edge_before_finalize():
+    case = chain_case(4, [("block-stream", {"device": "drive0", "base-node": "node1",
+                                             "job-id": "s", "auto-finalize": False})])
+    obs = run_case(case, RandomSource(0))
+    assert obs.jobs_left == {"s": "pending"}
+    assert obs.chain[0].driver == "copy-on-read"
+    assert obs.chain_names(collapse_filters=False)[1:3] == ["node3", "node2"]
+
+
+def test_user_pause_resume_and_their_refusals():
+    case = chain_case(6, [("block-commit", {"device": "drive0", "top-node": "node3",
+                                             "base-node": "node1", "job-id": "c", "speed": 1}),
+                          ("job-pause", {"id": "c"}), ("job-pause", {"id": "c"}),
+                          ("block-job-cancel", {"device": "c"}),
+                          ("job-resume", {"id": "c"}), ("job-resume", {"id": "c"}),
+                          ("block-job-set-speed", {"device": "c", "speed": 0})])
+    obs = run_case(case, RandomSource(3))
+    err = lambda d: {"error": {"class": "GenericError", "desc": d}}
+    assert obs.replies[1:] == [{"return": {}}, err("Job is already paused"),
+                               err("The block job for device 'c' is currently paused"),
+                               {"return": {}}, err("Can't resume a job that was not paused"),
+                               {"return": {}}]
+    assert obs.job_statuses["c"] == ["created", "running", "waiting", "pending", "concluded", "null"]
+    assert obs.chain_names() == ["node5", "node4", "node1", "node0"]
+
+
+def test_job_cancel_aborts_and_leaves_the_chain():
+    case = chain_case(6, [("block-commit", {"device": "drive0", "top-node": "node3",
+                                             "base-node": "node1", "job-id": "c", "speed": 1}),
+                          ("job-cancel", {"id": "c"})])
+    obs = run_case(case, RandomSource(0))
+    assert obs.job_statuses["c"] == ["created", "running", "aborting", "concluded", "null"]
+    assert [e["event"] for e in obs.events if e["event"].startswith("BLOCK_JOB")] == ["BLOCK_JOB_CANCELLED"]
+    assert obs.chain_names(False) == ["node5", "node4", "node3", "node2", "node1", "node0"]
+
+
+def test_unknown_jobs_and_wrong_states_give_qemus_texts():
+    case = chain_case(3, [("job-finalize", {"id": "x"}), ("block-job-pause", {"device": "x"}),
+                          ("block-job-set-speed", {"device": "x", "speed": 1}),
+                          ("block-stream", {"device": "drive0", "job-id": "s", "speed": 1}),
+                          ("job-complete", {"id": "s"}), ("block-job-set-speed", {"device": "s", "speed": -1}),
+                          ("block-stream", {"device": "node1", "job-id": "s"})])
+    obs = run_case(case, RandomSource(0))
+    assert obs.replies[0] == {"error": {"class": "GenericError", "desc": "Job not found"}}
+    assert obs.replies[1] == {"error": {"class": "DeviceNotActive", "desc": "Block job 'x' not found"}}
+    assert obs.replies[2] == obs.replies[1]
+    assert obs.replies[4]["error"]["desc"] == "Job 's' in state 'running' cannot accept command verb 'complete'"
+    assert obs.replies[5]["error"]["desc"] == "Invalid parameter 'speed'"
+    assert obs.replies[6]["error"]["desc"] in ("Job ID 's' already in use",
+                                               "Node 'node1' is busy: block device is in use by block job: stream")
+
+
+def test_negative_speed_at_creation_drops_the_job_with_both_events():
+    case = chain_case(3, [("block-stream", {"device": "drive0", "job-id": "s", "speed": -1})])
+    obs = run_case(case, RandomSource(0))
+    assert obs.replies == [{"error": {"class": "GenericError", "desc": "Invalid parameter 'speed'"}}]
+    assert statuses(obs, "s") == ["created", "null"]
+    assert obs.chain_names(False) == ["node2", "node1", "node0"]
+
+
+def test_transition_table_matches_job_c():
+    assert TRANSITIONS["running"] == {"paused", "ready", "waiting", "aborting"}
+    assert TRANSITIONS["aborting"] == {"aborting", "concluded"}
+    assert VERBS["finalize"] == {"pending"}
+    assert VERBS["complete"] == {"ready", "standby"}
+
+
+def test_illegal_transition_is_named():
+    from reference.job import Job
+    from reference.machine import Machine
+    from reference.graph import BlockDriverState
+    m = Machine(RandomSource(0).choose)
+    bs = BlockDriverState(m, "n", "qcow2")
+    job = Job(m, "j", bs)
+    with pytest.raises(IllegalTransition) as e:
+        job.transition("concluded")
+    assert str(e.value) == "job 'j': illegal transition created -> concluded"
+    assert e.value.kind == "illegal-transition"
+
+
+def test_active_commit_ready_standby_complete_and_pivot():
+    case = chain_case(5, [("block-commit", {"device": "drive0", "base-node": "node2", "job-id": "a"}),
+                          ("x-wait-jobs",), ("job-pause", {"id": "a"}), ("x-step", {"count": 3}),
+                          ("x-guest-write", {"offset": 0, "length": 65536, "pattern": 7}),
+                          ("job-complete", {"id": "a"}), ("job-resume", {"id": "a"}),
+                          ("x-wait-jobs",)])
+    obs = run_case(case, RandomSource(2))
+    assert all("return" in r for r in obs.replies), obs.replies
+    assert obs.job_statuses["a"] == ["created", "running", "ready", "waiting", "pending",
+                                     "concluded", "null"]
+    assert "standby" in statuses(obs, "a")
+    assert obs.chain_names(False) == ["node2", "node1", "node0"]
+    assert obs.data[0] == [0, 65536, 7]
+
+
+def test_soft_cancel_in_ready_completes_without_pivot():
+    case = chain_case(4, [("block-commit", {"device": "drive0", "job-id": "a"}), ("x-wait-jobs",),
+                          ("block-job-cancel", {"device": "a"})])
+    obs = run_case(case, RandomSource(0))
+    assert obs.job_statuses["a"][-4:] == ["waiting", "pending", "concluded", "null"]
+    assert [e["event"] for e in obs.events if e["event"].startswith("BLOCK_JOB")] == \
+        ["BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED"]
+    assert obs.chain_names(False) == ["node3", "node2", "node1", "node0"]
+
+
+def test_same_seed_same_run_and_recorded_replay_is_exact():
+    from harness.case import load
+    case = load("corpus/seeds/030/test_overlapping_5.json")
+    a = run_case(case, RandomSource(5), trace=True)
+    b = run_case(case, RandomSource(5), trace=True)
+    assert a.trace == b.trace and a.choices == b.choices and a.events == b.events
+    c = run_case(case, RecordedSource(a.choices), trace=True)
+    assert c.trace == a.trace
