@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from reference import graph as _graph
+
 if TYPE_CHECKING:
     from reference.graph import BdrvChild, BlockDriverState
 
@@ -104,8 +106,7 @@ def _drain_poll(bs: "BlockDriverState", recursive: bool, ignore: "BdrvChild | No
 
 def _drained_begin(bs: "BlockDriverState", recursive: bool, parent: "BdrvChild | None",
                    poll: bool) -> None:
-    from reference.graph import live
-    live(bs, "bdrv_drained_begin")
+    _graph.live(bs, "bdrv_drained_begin")
     _quiesce(bs, parent)
     if recursive:
         bs.recursive_quiesce_counter += 1
@@ -121,8 +122,7 @@ def _drained_begin(bs: "BlockDriverState", recursive: bool, parent: "BdrvChild |
 
 
 def _drained_end(bs: "BlockDriverState", recursive: bool, parent: "BdrvChild | None") -> None:
-    from reference.graph import live
-    live(bs, "bdrv_drained_end")
+    _graph.live(bs, "bdrv_drained_end")
     _unquiesce(bs, parent)
     if recursive:
         bs.recursive_quiesce_counter -= 1

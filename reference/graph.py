@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator
 
+from reference import drain
 from reference.data import ImageData
 from reference.errors import QMPError, UseAfterFree
 
@@ -163,7 +164,6 @@ def _replace_child_noperm(c: BdrvChild, new: BlockDriverState | None, attaching:
     polls (``bdrv_parent_drained_begin_single(child, true)``): a poll point
     in the middle of a graph change.
     """
-    from reference import drain
     old = None if attaching else c.bs
     new_q = new.quiesce_counter if new is not None else 0
     saldo = new_q - c.parent_quiesce_counter
@@ -351,7 +351,6 @@ def bdrv_set_backing_hd(bs: BlockDriverState, backing: BlockDriverState | None,
 
     The drain polls: other jobs' completions may run here.
     """
-    from reference import drain
     m = bs.m
     if drain_it:
         drain.bdrv_drained_begin(bs)
@@ -383,7 +382,6 @@ def _would_cycle(bs, new) -> bool:
 def bdrv_replace_node(from_bs: BlockDriverState, to: BlockDriverState,
                       auto_skip: bool = True, detach_subchain: bool = False) -> None:
     """Move every movable parent edge of ``from_bs`` to ``to`` (bdrv_replace_node_common)."""
-    from reference import drain
     bdrv_ref(from_bs, "bdrv_replace_node")
     drain.bdrv_drained_begin(from_bs)
     try:
@@ -452,7 +450,6 @@ def bdrv_drop_intermediate(top: BlockDriverState, base: BlockDriverState,
     Runs inside a subtree drain of ``top``; the header rewrites of the
     overlays are I/O (a poll point), covered by that drain.
     """
-    from reference import drain
     bdrv_ref(top, "bdrv_drop_intermediate")
     drain.bdrv_subtree_drained_begin(top)
     try:
@@ -481,7 +478,6 @@ def bdrv_change_backing_file(bs: BlockDriverState, filename: str | None, fmt: st
 
 def bdrv_reopen_set_read_only(bs: BlockDriverState, read_only: bool) -> None:
     """Reopen ``bs`` read-only or read-write; drains its subtree while doing it."""
-    from reference import drain
     drain.bdrv_subtree_drained_begin(bs)
     try:
         live(bs, "bdrv_reopen_set_read_only").read_only = read_only
