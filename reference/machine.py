@@ -210,9 +210,13 @@ class Machine:
         bs.data.write(start, end, runs, lambda s, e: self.read(below, s, e))
 
     def copy_on_read(self, bs: BlockDriverState, offset: int, n: int) -> None:
-        """The copy-on-read filter copies what the backing chain shows into ``bs``."""
-        runs = self.read(bdrv_filter_or_cow_bs(bs), offset, offset + n)
-        self.write(bs, offset, offset + n, runs)
+        """The copy-on-read filter copies what the backing chain shows into the parts
+        of ``bs`` that are still unallocated: COR requests are serialising, so a guest
+        write that landed meanwhile wins (bdrv_co_do_copy_on_readv)."""
+        below = bdrv_filter_or_cow_bs(bs)
+        for s, e, b in bs.data.read(offset, offset + n):
+            if b is None:
+                self.write(bs, s, e, self.read(below, s, e))
 
     def copy_range(self, src: BlockDriverState, dst: BlockDriverState, offset: int, n: int) -> None:
         runs = self.read(src, offset, offset + n)
