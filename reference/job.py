@@ -441,7 +441,7 @@ class Job:
         """block_job_set_speed."""
         self.apply_verb("set-speed")
         if speed < 0:
-            raise QMPError("Invalid parameter 'speed'")
+            raise QMPError("Parameter 'speed' expects a non-negative value")
         old = self.speed
         self.speed = speed
         self.slice_quota = max(speed * SLICE_NS / 1e9, 1.0) if speed else 0.0

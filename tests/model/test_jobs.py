@@ -90,7 +90,7 @@ def test_unknown_jobs_and_wrong_states_give_qemus_texts():
     assert obs.replies[1] == {"error": {"class": "DeviceNotActive", "desc": "Block job 'x' not found"}}
     assert obs.replies[2] == obs.replies[1]
     assert obs.replies[4]["error"]["desc"] == "Job 's' in state 'running' cannot accept command verb 'complete'"
-    assert obs.replies[5]["error"]["desc"] == "Invalid parameter 'speed'"
+    assert obs.replies[5]["error"]["desc"] == "Parameter 'speed' expects a non-negative value"
     assert obs.replies[6]["error"]["desc"] in ("Job ID 's' already in use",
                                                "Node 'node1' is busy: block device is in use by block job: stream")
 
@@ -98,7 +98,7 @@ def test_unknown_jobs_and_wrong_states_give_qemus_texts():
 def test_negative_speed_at_creation_drops_the_job_with_both_events():
     case = chain_case(3, [("block-stream", {"device": "drive0", "job-id": "s", "speed": -1})])
     obs = run_case(case, RandomSource(0))
-    assert obs.replies == [{"error": {"class": "GenericError", "desc": "Invalid parameter 'speed'"}}]
+    assert obs.replies == [{"error": {"class": "GenericError", "desc": "Parameter 'speed' expects a non-negative value"}}]
     assert statuses(obs, "s") == ["created", "null"]
     assert obs.chain_names(False) == ["node2", "node1", "node0"]
 
