@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,12 +30,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from harness.case import Case, load
+from harness.choices import RandomSource
 from harness.errors import UsageError
 from harness.observation import Finding, Observation, fold_drain_pairs
 
 DEFAULT_SEEDS = 20
 #: the fields of a normalised outcome, in report order
 FIELDS = ("finding", "replies", "job_statuses", "chain", "backing", "data", "on_disk_backing")
+
+#: QEMU's automatic node names come from a process-wide counter (block.c's
+#: bdrv_assign_node_name): never stable across runs, so compared as one name
+AUTO_NODE_NAME = re.compile(r"#block\d+")
 
 ModelRun = Callable[[Case, "int | None"], Observation]
 
@@ -48,17 +54,21 @@ def normalise(obs: Observation) -> dict[str, Any]:
         "finding": obs.finding.kind if obs.finding else None,
         "replies": [_reply(r) for r in obs.replies],
         "job_statuses": {job: fold_drain_pairs(seq) for job, seq in sorted(obs.job_statuses.items())},
-        "chain": obs.chain_names(collapse_filters=True),
-        "backing": [[n.node_name, n.backing_file] for n in obs.chain if not n.is_filter],
+        "chain": [_auto(n) for n in obs.chain_names(collapse_filters=True)],
+        "backing": [[_auto(n.node_name), n.backing_file] for n in obs.chain if not n.is_filter],
         "data": _merge_runs(obs.data),
         "on_disk_backing": obs.extra.get("on_disk_backing"),
     }
 
 
+def _auto(text: str) -> str:
+    return AUTO_NODE_NAME.sub("#block*", text)
+
+
 def _reply(reply: dict) -> dict:
     if "error" in reply:
         err = reply["error"]
-        return {"error": {"class": err.get("class"), "desc": err.get("desc")}}
+        return {"error": {"class": err.get("class"), "desc": _auto(str(err.get("desc")))}}
     return {"return": {}}
 
 
@@ -152,16 +162,17 @@ def _where(case: Case, normalised: list[tuple[str, dict]], q: dict) -> str:
 # -- the report ------------------------------------------------------------------------
 
 def report(case: Case, qemu: Observation, model: list[tuple[str, Observation]], seeds: int) -> str:
-    """The side-by-side report: every command, then every other differing field."""
+    """The side-by-side report: a one-line summary of the first difference, then every
+    command with the closest model outcome(s) and QEMU, then every other differing field."""
     q = normalise(qemu)
     normalised = [(label, normalise(obs)) for label, obs in model]
     closest = _closest(normalised, q)
     fields = differing_fields(closest[0][1], q)
-    lines = [f"qemu-mismatch: {case.path or '<case>'}: QEMU differs from all {len(model)} "
-             f"model outcome(s) over {seeds} seeds; closest ({', '.join(l for l, _ in closest)}) "
-             f"differ in: {', '.join(fields)}"]
-    if q["finding"] is not None:
-        lines.append(f"  QEMU finding: {qemu.finding.kind}: {qemu.finding.message}")  # type: ignore[union-attr]
+    lines = [_summary(case, closest, q, fields),
+             f"QEMU differs from all {len(model)} model outcome(s) over {seeds} seeds; the "
+             f"closest ({', '.join(label for label, _ in closest)}) differ in: {', '.join(fields)}"]
+    if qemu.finding is not None:
+        lines.append(f"QEMU finding: {qemu.finding.kind}: {qemu.finding.message}")
     lines.append(f"  {'step':<5}{'command':<50}{'model':<45}qemu")
     for i, command in enumerate(case.commands):
         text = json.dumps(command.to_dict()["arguments"]) if command.arguments else ""
@@ -171,20 +182,26 @@ def report(case: Case, qemu: Observation, model: list[tuple[str, Observation]], 
         lines.append(f"  {i:<5}{_cut(command.execute + ' ' + text, 48):<50}"
                      f"{_cut(' | '.join(mine), 43):<45}{theirs}{mark}")
         if mark:
-            for variant in mine:
-                lines.append(f"{'':7}model: {variant}")
+            lines += [f"{'':7}model: {variant}" for variant in mine]
             lines.append(f"{'':7}qemu:  {theirs}")
-    for name in FIELDS[2:]:
-        if name in fields:
-            lines.append(f"  {name}:")
-            for label, m in closest:
-                lines.append(f"    model ({label}): {_show(name, m[name])}")
-            lines.append(f"    qemu:  {_show(name, q[name])}")
-    if "finding" in fields:
-        for label, m in closest:
-            lines.append(f"  finding: model ({label}): {m['finding'] or 'none'}; "
-                         f"qemu: {q['finding'] or 'none'}")
+    for name in FIELDS:
+        if name in fields and name != "replies":
+            lines.append(f"{name}:")
+            lines += [f"  model ({label}): {_show(name, m[name])}" for label, m in closest]
+            lines.append(f"  qemu: {_show(name, q[name])}")
     return "\n".join(lines)
+
+
+def _summary(case: Case, closest: list[tuple[str, dict]], q: dict, fields: list[str]) -> str:
+    """``qemu-mismatch: command 3 (block-stream): model ... / qemu ...`` or the first field."""
+    name = fields[0]
+    if name == "replies":
+        step = _first_step(closest, q)
+        mine = " | ".join(_distinct(_reply_text(m["replies"], step) for _, m in closest))
+        return (f"qemu-mismatch: command {step} ({case.commands[step].execute}): "
+                f"model {mine} / qemu {_reply_text(q['replies'], step)}")
+    mine = " | ".join(_distinct(_show(name, m[name]) for _, m in closest))
+    return f"qemu-mismatch: {name}: model {mine} / qemu {_show(name, q[name])}"
 
 
 def _reply_text(replies: list[dict], i: int) -> str:
@@ -205,6 +222,8 @@ def _cut(text: str, width: int) -> str:
 
 
 def _show(name: str, value: Any) -> str:
+    if name == "finding":
+        return value or "none"
     if name == "chain":
         return " → ".join(value)
     if name == "job_statuses":
@@ -215,13 +234,20 @@ def _show(name: str, value: Any) -> str:
 # -- running --------------------------------------------------------------------------
 
 def reference_model(case: Case, seed: int | None) -> Observation:
-    """The model with QEMU 7.2's behaviour (no bugs put back), on one schedule."""
+    """The model with QEMU 7.2's behaviour (no bugs put back), on one schedule: the
+    case's own (``seed`` None), else the case's policy with ``seed``, or plain random
+    choices with ``seed`` where the case records its choices."""
     try:
         from harness.backends import reference
     except ImportError:  # pragma: no cover - the model ships with the harness
         raise UsageError("blockfuzz diff: the model backend (harness.backends.reference) "
                          "is not available in this build") from None
-    source = reference.source_for(case, seed) if seed is not None else None
+    if seed is None:
+        source = None
+    elif "choices" in (case.schedule or {}):
+        source = RandomSource(seed)  # a recorded schedule is one outcome: try others too
+    else:
+        source = reference.source_for(case, seed)
     return reference.run_case(case, source, bugs=())
 
 

@@ -38,20 +38,18 @@ from typing import Any, Callable
 from qemu.qmp import ExecuteError
 
 from harness.backends.nbd import NbdClient
-from harness.backends.qemu_graph import BlockGraph, chain_from, parse_graph
+from harness.backends.qemu_graph import BlockGraph, chain_from, filters_above, parse_graph
 from harness.backends.qemu_images import CaseImages, ImageStore, read_backing_strings
 from harness.backends.qemu_jobs import JobTracker
 from harness.backends.qemu_process import (STORAGE_DAEMON, SYSTEM, QemuDied, QemuHung,
                                            QemuProcess, describe_exit)
-from harness.case import Case, Command
+from harness.case import HARNESS_COMMANDS, Case, Command
 from harness.errors import QemuError
 from harness.observation import Finding, Observation
 
 DEFAULT_TIMEOUT = 10.0
 #: QMP arguments that name image files (mapped to and from the real paths)
 FILENAME_ARGUMENTS = ("base", "top")
-#: commands the harness implements itself (every other one goes to QEMU)
-HARNESS_COMMANDS = ("x-step", "x-wait-jobs", "x-guest-write")
 #: commands after which a process may serve the next case (anything else: a fresh one)
 REUSABLE_PREFIXES = ("block-stream", "block-commit", "job-", "block-job-", "query-", "x-")
 EXPORT_PREFIX = "blockfuzz-"
@@ -101,14 +99,17 @@ class QemuRunner:
 
     Use as a context manager (or call :meth:`close`): processes, sockets and
     images are removed on every path, Ctrl-C included. ``reuse=False`` gives
-    each case a fresh process. ``before_command(index, command, pid)`` is a
+    each case a fresh process. ``unthrottle=False`` keeps speed limits during
+    ``x-wait-jobs`` (a throttled job then runs in real time, maybe into a
+    ``hang``). ``before_command(index, command, pid)`` is a
     test hook called before each command is sent.
     """
 
     def __init__(self, *, workdir: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                  reuse: bool = True, before_command: BeforeCommand | None = None,
-                 max_cases_per_process: int = 200):
+                 unthrottle: bool = True, max_cases_per_process: int = 200):
         self.timeout = timeout
+        self.unthrottle = unthrottle
         self.reuse = reuse
         self.before_command = before_command
         self.max_cases_per_process = max_cases_per_process
@@ -377,18 +378,26 @@ class _Session:
         try:
             await self.proc.execute(command.execute, args, timeout=self.timeout)
         except ExecuteError as e:
-            return {"error": {"class": e.error_class, "desc": self.images.to_case(str(e))}}
+            return _error(self.images.to_case(str(e)), e.error_class)
         return {"return": {}}
 
     async def harness_command(self, index: int, command: Command) -> dict:
+        """The ``x-`` commands, with the model's argument checks and error texts
+        (``reference/qmp.py``), so that both backends reply alike."""
         args = command.arguments
         if command.execute == "x-step":
-            await self.wait(index, "x-step", int(args.get("count", 1)))
+            count = int(args.get("count", 1))
+            if count < 0:
+                return _error("Parameter 'count' expects a non-negative integer")
+            await self.wait(index, "x-step", count)
         elif command.execute == "x-wait-jobs":
             await self.wait(index, "x-wait-jobs", None)
         else:
-            return await self.guest_write(int(args["offset"]), int(args["length"]),
-                                          int(args["pattern"]))
+            offset, length, pattern = (int(args[k]) for k in ("offset", "length", "pattern"))
+            if (offset < 0 or length <= 0 or offset + length > self.top.size
+                    or not 0 <= pattern <= 255):
+                return _error("Invalid guest write: offset, length or pattern out of range")
+            return await self.guest_write(offset, length, pattern)
         return {"return": {}}
 
     async def guest_write(self, offset: int, length: int, pattern: int) -> dict:
@@ -397,23 +406,33 @@ class _Session:
                 f'qemu-io {self.case.drive} "write -q -P {pattern} {offset} {length}"',
                 timeout=self.timeout)
             if out.strip():
-                return {"error": {"class": "GenericError", "desc": out.strip()}}
+                return _error(out.strip())
             return {"return": {}}
         try:
             await self.with_export(self.top.node_name, True,
                                    lambda nbd: nbd.write(offset, bytes([pattern]) * length))
         except ExecuteError as e:
-            return {"error": {"class": e.error_class, "desc": self.images.to_case(str(e))}}
+            return _error(self.images.to_case(str(e)), e.error_class)
         return {"return": {}}
 
     # -- waiting for jobs -----------------------------------------------------
 
     async def wait(self, index: int, what: str, count: int | None) -> None:
-        """Wait for ``count`` events (None: no limit) or until every job waits on a verb."""
+        """``x-step`` (``count`` events) or ``x-wait-jobs`` (``count`` None).
+
+        Both end as soon as every job waits on a verb. ``x-step`` also ends
+        after ``count`` events or when no event came for ``POLL_INTERVAL``
+        (nothing visible is running: the model's loop would stop stepping).
+        ``x-wait-jobs`` first lifts the speed limit of every job that is
+        still working (the model's timers run in virtual time, QEMU's in real
+        time) and waits until ``timeout``; its expiry is a ``hang`` finding.
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         mark = len(self.proc.events)
-        polled = True
+        polled, first = True, True
+        if count is None and self.runner.unthrottle:
+            await self.lift_speed_limits(index)
         while True:
             seen = len(self.proc.events)
             if count is not None and seen - mark >= count:
@@ -421,10 +440,26 @@ class _Session:
             if polled or self.tracker.settled():
                 if self.tracker.settled(await self.query_jobs()):
                     return
+                if count is not None and polled and not first:
+                    return  # quiet for POLL_INTERVAL
+            first = False
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise _Stop(await self.hang_finding(index, what))
             polled = not await self.proc.wait_for_event(seen, min(remaining, POLL_INTERVAL))
+
+    async def lift_speed_limits(self, index: int) -> None:
+        """``block-job-set-speed 0`` for every throttled job that does not wait on a verb."""
+        jobs = await self.proc.execute("query-block-jobs", timeout=self.timeout)
+        for job in jobs:
+            if job.get("speed", 0) > 0 and not self.tracker.waits_on_verb(job["device"], job["status"]):
+                try:
+                    await self.proc.execute("block-job-set-speed",
+                                            {"device": job["device"], "speed": 0},
+                                            timeout=self.timeout)
+                except ExecuteError:
+                    continue
+                self.obs.extra.setdefault("unthrottled", []).append([index, job["device"]])
 
     async def query_jobs(self) -> dict[str, str]:
         jobs = await self.proc.execute("query-jobs", timeout=self.timeout)
@@ -443,18 +478,47 @@ class _Session:
     # -- observing --------------------------------------------------------------------
 
     async def observe(self, data: bool) -> None:
+        """Jobs left, then (after the case's events are recorded) the chain and the data.
+
+        Concluded jobs are dismissed before the graph is read: QEMU 7.2 dies
+        with SIGSEGV in ``query-named-block-nodes`` while a stream job that
+        has concluded is not yet dismissed (``auto-dismiss: false``), so
+        reading the graph would otherwise turn such a case into a crash of
+        the harness's own making. A dismissal changes no backing edge.
+        """
         self.obs.jobs_left = await self.query_jobs()
+        self.snapshot()
+        for job, status in self.obs.jobs_left.items():
+            if status == "concluded":
+                await self.proc.execute("job-dismiss", {"id": job}, timeout=self.timeout)
         graph = await self.read_graph()
         root = graph.root_of(self.case.drive) if self.case.drive else (
             self.top.node_name if self.top.node_name in graph.nodes else None)
         self.obs.chain = chain_from(graph, root, self.images.to_case)
         self.obs.extra["root"] = root
         if data and root is not None:
+            await self.read_data(graph, root)
+
+    async def read_data(self, graph: BlockGraph, root: str) -> None:
+        """The guest-visible data under ``root``, through a read-only NBD export.
+
+        Without a device, a job's filter may sit above the top node with no
+        parent (an active commit's mirror_top): a new reader on the top node
+        itself is then refused (``Permission conflict``), so the filter above
+        it, which is what a device would read through, is tried next.
+        """
+        errors = []
+        for node in [root, *filters_above(graph, root)]:
             try:
-                raw = await self.with_export(root, False, lambda nbd: nbd.read(0, nbd.size))
-                self.obs.data = data_runs(raw)
+                raw = await self.with_export(node, False, lambda nbd: nbd.read(0, nbd.size))
             except ExecuteError as e:
-                self.obs.extra["data_error"] = self.images.to_case(str(e))
+                errors.append(self.images.to_case(str(e)))
+                continue
+            self.obs.data = data_runs(raw)
+            if node != root:
+                self.obs.extra["data_read_through"] = node
+            return
+        self.obs.extra["data_error"] = "; ".join(errors)
 
     async def read_graph(self) -> BlockGraph:
         """``x-debug-query-block-graph`` and ``query-named-block-nodes``, re-read until they agree."""
@@ -478,9 +542,11 @@ class _Session:
             try:
                 with NbdClient.connect(self.proc.nbd_socket, name, self.timeout) as nbd:
                     return use(nbd)
-            except OSError:
+            except (OSError, QemuError):
+                if self.proc.proc is not None and self.proc.proc.poll() is None:
+                    await asyncio.sleep(0.05)  # a dying QEMU closes the socket first
                 if not self.proc.alive():
-                    raise await self.proc._confirm_death() from None
+                    raise self.proc.died_error() from None
                 raise
         finally:
             if self.proc.alive():
@@ -545,6 +611,10 @@ class _Session:
                 self.runner.store.qemu_img, top, self.images)
         except QemuError as e:
             self.obs.extra["on_disk_backing_error"] = self.images.to_case(str(e))
+
+
+def _error(desc: str, error_class: str = "GenericError") -> dict:
+    return {"error": {"class": error_class, "desc": desc}}
 
 
 def _harness_event(event: dict) -> bool:

@@ -92,3 +92,17 @@ def chain_from(graph: BlockGraph, root: str | None,
                                to_case(backing) if backing is not None else None))
     chain.reverse()
     return chain
+
+
+def filters_above(graph: BlockGraph, name: str) -> list[str]:
+    """The filter nodes stacked above ``name`` (nearest first), each filtering the one below."""
+    out: list[str] = []
+    while True:
+        above = [parent for parent, edges in graph.children.items()
+                 if parent not in out and parent != name
+                 and graph.nodes.get(parent, {}).get("drv") in FILTER_CHILD
+                 and edges.get(FILTER_CHILD[graph.nodes[parent]["drv"]]) == name]
+        if not above:
+            return out
+        name = sorted(above)[0]
+        out.append(name)

@@ -230,13 +230,21 @@ def read_backing_strings(qemu_img: str, top: str, images: CaseImages) -> dict[st
     """The on-disk backing strings of the chain under ``top`` (a case filename), top first.
 
     Runs ``qemu-img info --output=json --backing-chain`` (with ``-U``: it must
-    not wait for locks) and maps the paths back to the case's filenames.
+    not wait for locks) and maps the paths back to the case's filenames. When
+    the chain cannot be opened (a header names a file that is not there, as
+    ``backing-file`` can make it), each image is read on its own instead.
     """
-    out = _run([qemu_img, "info", "-U", "--output=json", "--backing-chain", images.path(top)],
-               f"qemu-img info of '{top}'")
+    argv = [qemu_img, "info", "-U", "--output=json"]
+    try:
+        infos = json.loads(_run(argv + ["--backing-chain", images.path(top)],
+                                f"qemu-img info of '{top}'"))
+    except QemuError:
+        infos = []
+        for name in reversed(images.filenames):
+            info = json.loads(_run(argv + [images.path(name)], f"qemu-img info of '{name}'"))
+            infos.append(info)
     chain: dict[str, str | None] = {}
-    for info in json.loads(out):
-        name = images.to_case(info["filename"])
+    for info in infos:
         backing = info.get("backing-filename")
-        chain[name] = images.to_case(backing) if backing is not None else None
+        chain[images.to_case(info["filename"])] = images.to_case(backing) if backing is not None else None
     return chain

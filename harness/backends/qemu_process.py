@@ -130,7 +130,7 @@ class QemuProcess:
             await asyncio.wait_for(self.client.connect(ours), timeout)
         except BaseException as e:
             ours.close()
-            died = self._died_error()
+            died = self.died_error()
             self.kill()
             if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
                 raise
@@ -161,7 +161,7 @@ class QemuProcess:
             raise
         except asyncio.TimeoutError:
             if self.proc is not None and self.proc.poll() is not None:
-                raise self._died_error() from None
+                raise self.died_error() from None
             raise QemuHung(command, timeout) from None
         except (asyncio.CancelledError, KeyboardInterrupt):
             raise
@@ -183,7 +183,7 @@ class QemuProcess:
             if remaining <= 0:
                 return False
             if self.proc is not None and self.proc.poll() is not None:
-                raise self._died_error()
+                raise self.died_error()
             self.recorder.changed.clear()
             try:
                 await asyncio.wait_for(self.recorder.changed.wait(), min(remaining, 0.05))
@@ -198,9 +198,9 @@ class QemuProcess:
             if self.proc.poll() is not None:
                 break
             await asyncio.sleep(0.01)
-        return self._died_error()
+        return self.died_error()
 
-    def _died_error(self) -> QemuDied:
+    def died_error(self) -> QemuDied:
         returncode = self.proc.poll() if self.proc is not None else None
         return QemuDied(self.binary, self.proc.pid if self.proc else -1, returncode,
                         self.log_tail())

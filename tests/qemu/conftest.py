@@ -1,0 +1,44 @@
+"""Tests against real QEMU 7.2: skipped, with the reason, where its binaries are
+missing; a failure instead under ``CI=true``, where ``make test`` installs them."""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+BINARIES = {"qemu-img": "qemu-utils", "qemu-io": "qemu-utils",
+            "qemu-storage-daemon": "qemu-system-common",
+            "qemu-system-x86_64": "qemu-system-x86"}
+
+
+def missing_binaries() -> list[str]:
+    return [f"{name} ({package})" for name, package in BINARIES.items()
+            if shutil.which(name) is None]
+
+
+def require_qemu() -> None:
+    """Skip (or, under CI=true, fail) when a QEMU binary is missing."""
+    missing = missing_binaries()
+    if not missing:
+        return
+    reason = f"real QEMU 7.2 is not installed: missing {', '.join(missing)} (make qemu installs it)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _needs_qemu(request: pytest.FixtureRequest) -> None:
+    if request.node.get_closest_marker("qemu") is not None:
+        require_qemu()
+
+
+@pytest.fixture(scope="module")
+def runner():
+    """One runner (and so one reused QEMU per binary) for a test module."""
+    require_qemu()
+    from harness.backends.qemu import QemuRunner
+
+    with QemuRunner(timeout=10.0) as r:
+        yield r
