@@ -611,3 +611,132 @@ def test_the_seed_bug_with_a_reference_only_is_wrong_backing_on_the_model():
 
 def test_every_rule_table_entry_has_its_qapi_arguments():
     assert set(oracle.RULES) <= set(oracle.QAPI)
+
+
+# --- more of the rules: what the oracle must not claim, and what it can ---------------
+
+def test_a_stream_with_bottom_removes_down_to_bottom_inclusive():
+    case = make_case(5, [cmd("block-stream", device="node3", bottom="node1", job_id="s")])
+    assert violations(case, observe(case, events=success("s"), names=["node4", "node3", "node0"])) == []
+
+
+def test_a_base_filename_the_chain_lacks_leaves_the_chain_unjudged():
+    case = make_case(5, [cmd("block-stream", device="node3", base="zz.qcow2", job_id="s")])
+    found = violations(case, observe(case, events=success("s"), names=["node4", "node0"]))
+    assert [v.where for v in found] == ["block-stream:accepted"]
+
+
+def test_a_stream_onto_a_lower_streams_filter_resolves_to_its_node():
+    """§11: the new edge points at the lower stream's COR filter, then moves down."""
+    case = make_case(6, [cmd("block-stream", device="node2", bottom="node1", job_id="low",
+                             filter_node_name="stream-filter", speed=1),
+                         cmd("block-stream", device="node4", base_node="stream-filter", job_id="up")])
+    events = status("low", "created", "running") + status("up", "created", "running") \
+        + success("up")[2:] + success("low")[2:]
+    assert violations(case, observe(case, events=events,
+                                    names=["node5", "node4", "node2", "node0"])) == []
+
+
+def test_a_node_added_by_blockdev_add_may_exist():
+    add = cmd("blockdev-add", driver="qcow2", node_name="extra",
+              file={"driver": "file", "filename": "x.qcow2", "node-name": "extra-file"})
+    case = make_case(3, [add, cmd("block-stream", device="extra-file", job_id="s"),
+                         cmd("block-stream", device="nothing", job_id="s")])
+    found = violations(case, observe(case, replies=[OK, WRONG, WRONG]))
+    assert [v.message for v in found] == [
+        "command 2 (block-stream): expected error GenericError: "
+        "Cannot find device='nothing' nor node-name='nothing', observed error GenericError: wrong"]
+
+
+def test_a_deleted_node_makes_later_texts_uncertain():
+    case = make_case(3, [cmd("blockdev-del", node_name="node2"),
+                         cmd("block-stream", device="node1", base_node="node2", job_id="s")])
+    assert violations(case, observe(case, replies=[OK, WRONG])) == []
+    found = violations(case, observe(case, replies=[OK, OK]))
+    assert [(v.expected, v.where) for v in found if v.where.endswith("accepted")] == [
+        ("an error", "block-stream:accepted")]
+
+
+@pytest.mark.parametrize("command", [
+    cmd("block-stream", device="drive0", job_id="s", filter_node_name="node1"),
+    cmd("block-stream", device="drive0", job_id="s", filter_node_name="drive0"),
+    cmd("block-stream", device="drive0", job_id="s", filter_node_name="-bad"),
+    cmd("block-stream", device="drive0", job_id="s", filter_node_name="f" * 32),
+    cmd("block-commit", device="drive0", top_node="node0"),
+    cmd("block-stream", device="node2", bottom="commit-filter", job_id="s"),
+])
+def test_certain_failures_whose_text_the_oracle_does_not_claim(command):
+    """The second command only names a filter, as a job would."""
+    case = make_case(3, [command, cmd("block-commit", device="nonexistent",
+                                      filter_node_name="commit-filter", job_id="c")])
+    missing = error("Device 'nonexistent' not found", "DeviceNotFound")
+    assert violations(case, observe(case, replies=[WRONG, missing])) == []
+    found = violations(case, observe(case, replies=[OK, missing]))
+    assert [(v.step, v.expected) for v in found if v.where.endswith(":accepted")] == [(0, "an error")]
+
+
+@pytest.mark.parametrize("command", [
+    cmd("block-commit", device="drive0", top_node="node1", base_node="node0", backing_file="x.img"),
+    cmd("block-commit", device="node2", top="node1.qcow2", base="node0.raw", job_id="c"),
+    cmd("block-stream", device="node2", base="node0.raw", job_id="s", filter_node_name="cor"),
+])
+def test_sane_job_commands_on_a_fresh_chain_must_be_accepted(command):
+    case = make_case(3, [command])
+    found = violations(case, observe(case, replies=[WRONG]))
+    assert [v.where for v in found] == [f"{command.execute}:refused"]
+
+
+@pytest.mark.parametrize("command", [
+    cmd("block-stream", device="stream-filter"),                  # job id unknown: a filter's
+    cmd("block-commit", device="stream-filter", job_id="c"),      # root or not: unknown
+    cmd("block-commit", device="drive0", top_node="stream-filter", base_node="node0", job_id="c"),
+    cmd("block-commit", device="drive0", top_node="node1", base_node="stream-filter", job_id="c"),
+    cmd("block-stream", device="stream-filter", base_node="node0", job_id="s"),
+])
+def test_names_of_filters_leave_the_outcome_open(command):
+    case = make_case(3, [cmd("block-stream", device="drive0", job_id="t", speed=1,
+                             filter_node_name="stream-filter"), command])
+    for reply in (OK, WRONG):
+        obs = observe(case, replies=[OK, reply], events=status("t", "created", "running"),
+                      jobs_left={"t": "running"})
+        assert [v for v in violations(case, obs) if v.step == 1
+                and v.where.split(":")[1] in ("accepted", "refused", "error-text")] == []
+
+
+def test_after_a_job_error_the_pause_state_is_unknown():
+    case = make_case(3, [cmd("block-stream", device="drive0", job_id="s", on_error="stop"),
+                         cmd("job-resume", id="s")])
+    events = status("s", "created", "running") + [
+        {"event": "BLOCK_JOB_ERROR", "data": {"device": "s", "operation": "read", "action": "stop"}}]
+    obs = observe(case, events=events, jobs_left={"s": "running"})
+    assert violations(case, obs) == []
+
+
+def test_a_pause_of_an_earlier_job_with_the_same_id_does_not_count():
+    case = make_case(3, [cmd("block-stream", device="node1", job_id="s", speed=1),
+                         cmd("job-pause", id="s"), cmd("x-wait-jobs"),
+                         cmd("block-stream", device="drive0", job_id="s", speed=1),
+                         cmd("job-pause", id="s")])
+    events = status("s", "created", "running") + success("s")[2:] + status("s", "created", "running")
+    obs = observe(case, replies=[OK, OK, OK, OK, error("Job is already paused")], events=events,
+                  names=["node2", "node0"], jobs_left={"s": "running"})
+    assert [v.message for v in violations(case, obs)] == [
+        "command 4 (job-pause): expected success, observed error GenericError: Job is already paused"]
+
+
+def test_a_status_that_may_be_either_of_two_refusing_ones_gives_no_text():
+    case = make_case(3, [cmd("block-stream", device="drive0", job_id="s", auto_finalize=False),
+                         cmd("x-step", count=1), cmd("job-dismiss", id="s")])
+    events = status("s", "created", "running", step=0) + status("s", "waiting", "pending", step=1)
+    unstepped = [{k: v for k, v in e.items() if k != "step"} for e in events]
+    obs = observe(case, replies=[OK, OK, OK], events=unstepped, jobs_left={"s": "pending"})
+    assert [(v.step, v.expected) for v in violations(case, obs)] == [(2, "an error")]
+    obs = observe(case, replies=[OK, OK, OK], events=events, jobs_left={"s": "pending"})
+    assert [(v.step, v.expected) for v in violations(case, obs)] == [
+        (2, "error GenericError: Job 's' in state 'pending' cannot accept command verb 'dismiss'")]
+
+
+def test_empty_guest_writes_and_empty_runs_change_nothing():
+    case = make_case(3, [cmd("x-guest-write", offset=4096, length=0, pattern=9)])
+    assert expected_data(case, [OK]) == [[0, M, 0]]
+    assert violations(case, observe(case, data=[[0, 0, 7], [0, M, 0]])) == []
