@@ -14,14 +14,16 @@ and QEMU next to each other, command by command.
 
 Example::
 
-    blockfuzz diff corpus/seeds --seeds 20 --verbose
+    $ blockfuzz diff corpus/seeds --seeds 20
+    PASS corpus/seeds/030/test_overlapping_1.json
+    ...
+    9 passed, 0 failed
     blockfuzz diff case.json --repeat 200 --jobs 2 --only qemu   # throughput
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
@@ -337,18 +339,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def collect(paths: list[str]) -> list[Case]:
     """Load the cases named on the command line (directories: every *.json below, sorted)."""
-    files: list[str] = []
-    for path in paths:
-        if os.path.isdir(path):
-            found = sorted(os.path.join(d, f) for d, _, names in os.walk(path)
-                           for f in names if f.endswith(".json"))
-            if not found:
-                raise UsageError(f"{path}: no *.json case files in this directory")
-            files += found
-        elif os.path.isfile(path):
-            files.append(path)
-        else:
-            raise UsageError(f"{path}: no such file or directory")
+    from harness.replay import case_paths
+
+    files = [f for path in paths for f in case_paths(path)]
+    if not files:
+        raise UsageError(f"{' '.join(paths)}: no *.json case files there")
     return [load(f) for f in files]
 
 
@@ -364,16 +359,16 @@ def run(args: argparse.Namespace) -> int:
         name = result.case.path or "<case>"
         if result.ok:
             passed += 1
-            print(f"ok    {name}")
+            print(f"PASS {name}")
         else:
             failed += 1
             finding = result.finding
             assert finding is not None
             first = finding.message.splitlines()[0]
             detail = first if first.startswith(finding.kind) else f"{finding.kind}: {first}"
-            print(f"FAIL  {name}: {detail}")
+            print(f"FAIL {name}: {detail}")
             if args.verbose:
-                print("\n".join("      " + line for line in finding.message.splitlines()[1:]))
+                print("\n".join("    " + line for line in finding.message.splitlines()[1:]))
         sys.stdout.flush()
     elapsed = time.perf_counter() - start
     print(f"{passed} passed, {failed} failed")

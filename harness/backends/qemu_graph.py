@@ -70,6 +70,15 @@ def next_in_chain(graph: BlockGraph, name: str) -> str | None:
     return edges.get(edge)
 
 
+def image_filename(graph: BlockGraph, name: str) -> str:
+    """A format node's image file: its protocol child's filename (the node's own
+    filename turns into a ``json:{...}`` description once its backing differs from
+    what its header names)."""
+    protocol = graph.children.get(name, {}).get("file")
+    info = graph.nodes.get(protocol or name) or graph.nodes[name]
+    return str(info.get("file", ""))
+
+
 def chain_from(graph: BlockGraph, root: str | None,
                to_case: Callable[[str], str] = lambda s: s) -> list[ChainNode]:
     """The chain under ``root``, top first, filters included; paths mapped by ``to_case``."""
@@ -87,7 +96,7 @@ def chain_from(graph: BlockGraph, root: str | None,
             chain.append(ChainNode(name, driver, below_filename, None))
             continue
         backing = (info.get("image") or {}).get("backing-filename")
-        below_filename = to_case(info.get("file", ""))
+        below_filename = to_case(image_filename(graph, name))
         chain.append(ChainNode(name, driver, below_filename,
                                to_case(backing) if backing is not None else None))
     chain.reverse()

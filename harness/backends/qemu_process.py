@@ -130,11 +130,14 @@ class QemuProcess:
             await asyncio.wait_for(self.client.connect(ours), timeout)
         except BaseException as e:
             ours.close()
-            died = self.died_error()
-            self.kill()
             if isinstance(e, (asyncio.CancelledError, KeyboardInterrupt)):
+                self.kill()
                 raise
-            raise QemuError(f"{binary} did not start: {died}; {died.log_tail}".rstrip("; ")) from None
+            died = await self._confirm_death()
+            self.kill()
+            output = died.log_tail.strip() if isinstance(died, QemuDied) else ""
+            raise QemuError(f"{binary} did not start: {died}"
+                            + (f"; its output: {output}" if output else "")) from None
         return self
 
     @property
@@ -191,7 +194,7 @@ class QemuProcess:
                 pass
         return True
 
-    async def _confirm_death(self) -> QemuError:
+    async def _confirm_death(self) -> QemuDied:
         """The monitor failed: wait a little for the exit status, then describe it."""
         assert self.proc is not None
         for _ in range(100):

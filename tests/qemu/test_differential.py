@@ -1,0 +1,189 @@
+"""``blockfuzz diff``: normalising, comparing with the model's set of outcomes, the
+side-by-side report, and the command line (exact lines, exit codes)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from harness.case import Case, Command, Image, from_dict
+from harness.cli import main
+from harness.differential import (Differ, compare, differing_fields, model_outcomes, normalise,
+                                  report)
+from harness.observation import ChainNode, Finding, Observation
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SEEDS = os.path.join(REPO, "corpus", "seeds", "030")
+OK = {"return": {}}
+
+CASE = Case(images=(Image("n0"), Image("n1"), Image("n2")),
+            commands=(Command("block-stream", {"device": "n1", "job-id": "s"}),
+                      Command("x-wait-jobs")),
+            path="c.json")
+
+
+def obs(reply1=OK, chain=("n2", "n0"), statuses=None, data=((0, 1 << 20, 0),), **extra) -> Observation:
+    nodes = {"n2": ChainNode("n2", "qcow2", "n2.qcow2", "n1.qcow2"),
+             "cor": ChainNode("#block123", "copy-on-read", "n1.qcow2", None),
+             "n1": ChainNode("n1", "qcow2", "n1.qcow2", "n0.qcow2"),
+             "n0": ChainNode("n0", "qcow2", "n0.qcow2", None)}
+    return Observation(replies=[reply1, OK],
+                       job_statuses=statuses or {"s": ["created", "running", "paused", "running",
+                                                       "waiting", "pending", "concluded", "null"]},
+                       chain=[nodes[n] for n in chain], data=[list(r) for r in data], extra=extra)
+
+
+# -- normalising and comparing -------------------------------------------------------------
+
+def test_normalise_keeps_what_both_sides_can_show_alike():
+    o = obs(reply1={"return": {"x": 1}}, chain=("n2", "cor", "n1", "n0"),
+            data=((0, 10, 0), (10, 20, 0), (30, 0, 5), (30, 5, 7)),
+            on_disk_backing={"n2.qcow2": "n1.qcow2"})
+    o.replies.append({"error": {"class": "GenericError", "desc": "Node '#block042' is busy"}})
+    assert normalise(o) == {
+        "finding": None,
+        "replies": [OK, OK, {"error": {"class": "GenericError", "desc": "Node '#block*' is busy"}}],
+        "job_statuses": {"s": ["created", "running", "waiting", "pending", "concluded", "null"]},
+        "chain": ["n2", "n1", "n0"],
+        "backing": [["n2", "n1.qcow2"], ["n1", "n0.qcow2"], ["n0", None]],
+        "data": [[0, 30, 0], [30, 5, 7]],
+        "on_disk_backing": {"n2.qcow2": "n1.qcow2"},
+    }
+
+
+def test_on_disk_strings_count_only_when_both_sides_report_them():
+    a, b = normalise(obs(on_disk_backing={"n2.qcow2": "x"})), normalise(obs())
+    assert differing_fields(a, b) == []
+    c = normalise(obs(on_disk_backing={"n2.qcow2": "y"}))
+    assert differing_fields(a, c) == ["on_disk_backing"]
+
+
+def test_agreement_with_any_model_outcome_is_agreement():
+    busy = {"error": {"class": "GenericError", "desc": "Node 'n1' is busy"}}
+    model = [("seed 0", obs(reply1=busy, chain=("n2", "n1", "n0"))), ("seed 1", obs())]
+    assert compare(CASE, obs(), model, seeds=2) is None
+
+
+def test_a_qemu_crash_is_reported_as_it_is():
+    crashed = obs()
+    crashed.finding = Finding("qemu-crash", "qemu died", "x-wait-jobs", 1)
+    assert compare(CASE, crashed, [("seed 0", obs())], seeds=1) is crashed.finding
+
+
+def test_a_mismatch_reports_each_command_side_by_side_and_each_differing_field():
+    busy = {"error": {"class": "GenericError", "desc": "Node 'n1' is busy"}}
+    model = [("the case's schedule", obs()), ("seed 3", obs(reply1=busy, chain=("n2", "n1", "n0")))]
+    qemu = obs(reply1={"error": {"class": "GenericError", "desc": "Job ID 's' already in use"}},
+               chain=("n2", "n1", "n0"))
+    finding = compare(CASE, qemu, model, seeds=20)
+    assert finding is not None
+    assert (finding.kind, finding.where, finding.step) == ("qemu-mismatch", "replies:block-stream", 0)
+    assert finding.message == report(CASE, qemu, model, 20)
+    lines = finding.message.splitlines()
+    assert lines[0] == ("qemu-mismatch: command 0 (block-stream): model error GenericError: "
+                        "Node 'n1' is busy / qemu error GenericError: Job ID 's' already in use")
+    assert lines[1] == ("QEMU differs from all 2 model outcome(s) over 20 seeds; the closest "
+                        "(seed 3) differ in: replies")
+    assert lines[3].split() == ["0", "block-stream", '{"device":', '"n1",', '"job-id":', '"s"}',
+                                "error", "GenericError:", "Node", "'n1'", "is", "busy", "error",
+                                "GenericError:", "Job", "ID", "'s'", "already", "in", "use", "<<"]
+    assert lines[4:6] == ["       model: error GenericError: Node 'n1' is busy",
+                          "       qemu:  error GenericError: Job ID 's' already in use"]
+    assert lines[6].split() == ["1", "x-wait-jobs", "ok", "ok"]
+
+
+def test_a_report_shows_other_fields_and_qemus_own_finding():
+    qemu = obs(chain=("n2", "n1", "n0"), data=((0, 1 << 20, 9),))
+    qemu.finding = Finding("hang", "command 1 (x-wait-jobs): jobs did not settle", "x-wait-jobs", 1)
+    text = report(CASE, qemu, [("seed 0", obs())], 1).splitlines()
+    assert text[:3] == [
+        "qemu-mismatch: finding: model none / qemu hang",
+        "QEMU differs from all 1 model outcome(s) over 1 seeds; the closest (seed 0) differ in: "
+        "finding, chain, backing, data",
+        "QEMU finding: hang: command 1 (x-wait-jobs): jobs did not settle"]
+    assert text[6:] == [
+        "finding:", "  model (seed 0): none", "  qemu: hang",
+        "chain:", "  model (seed 0): n2 → n0", "  qemu: n2 → n1 → n0",
+        "backing:", '  model (seed 0): [["n2", "n1.qcow2"], ["n0", null]]',
+        '  qemu: [["n2", "n1.qcow2"], ["n1", "n0.qcow2"], ["n0", null]]',
+        "data:", "  model (seed 0): [[0, 1048576, 0]]", "  qemu: [[0, 1048576, 9]]"]
+
+
+def test_model_outcomes_are_distinct_and_labelled():
+    seen = []
+
+    def fake_model(case: Case, seed):
+        seen.append(seed)
+        return obs() if seed in (None, 1) else obs(chain=("n2", "n1", "n0"))
+
+    outcomes = model_outcomes(CASE, 3, fake_model)
+    assert seen == [None, 0, 1, 2]
+    assert [label for label, _ in outcomes] == ["the case's schedule", "seed 0"]
+
+
+def test_the_model_side_alone_needs_no_qemu():
+    with Differ(only="model", run_model=lambda case, seed: obs()) as differ:
+        result = differ.diff(CASE)
+    assert result.ok and result.model[0][0] == "the case's schedule"
+
+
+# -- the command line, on real QEMU and the model ---------------------------------------------
+
+def diff(capsys, *argv) -> tuple[int, list[str], str]:
+    code = main(["diff", *argv])
+    out, err = capsys.readouterr()
+    return code, out.splitlines(), err
+
+
+@pytest.mark.qemu
+def test_seeds_agree_with_qemu(capsys):
+    a, b = (os.path.join(SEEDS, f"test_overlapping_{n}.json") for n in (5, 3))
+    assert diff(capsys, a, b, "--seeds", "3") == (0, [f"PASS {a}", f"PASS {b}", "2 passed, 0 failed"], "")
+
+
+@pytest.mark.qemu
+def test_two_workers_give_the_same_lines_in_the_same_order(capsys):
+    paths = [os.path.join(SEEDS, f"test_overlapping_{n}.json") for n in (1, 2, 4)]
+    assert diff(capsys, *paths, "--seeds", "2", "--jobs", "2") == (
+        0, [f"PASS {p}" for p in paths] + ["3 passed, 0 failed"], "")
+
+
+@pytest.mark.qemu
+def test_a_qemu_crash_fails_the_case(tmp_path, capsys):
+    # QEMU 7.2 (Debian 7.2.22) dies with SIGSEGV on a guest read through the copy-on-read
+    # filter of a stream that had nothing to copy and waits in 'pending' for job-finalize.
+    path = str(tmp_path / "crash.json")
+    with open(path, "w") as f:
+        json.dump({"format": "blockfuzz-case/1",
+                   "images": [{"node-name": "node0"}, {"node-name": "node1"}],
+                   "commands": [{"execute": "block-stream",
+                                 "arguments": {"device": "drive0", "base-node": "node0",
+                                               "auto-finalize": False}}]}, f)
+    code, lines, err = diff(capsys, path, "--seeds", "1", "--verbose")
+    assert (code, err) == (1, "")
+    assert re.fullmatch(rf"FAIL {re.escape(path)}: qemu-crash: qemu-system-x86_64 \(pid \d+\) "
+                        r"died with signal SIGSEGV \(11\) at the end of the case", lines[0])
+    assert lines[-3:] == ["    commands so far:",
+                          '      0: {"execute": "block-stream", "arguments": {"device": "drive0", '
+                          '"base-node": "node0", "auto-finalize": false}}',
+                          "0 passed, 1 failed"]
+
+
+@pytest.mark.qemu
+def test_one_side_alone_reports_its_speed(capsys):
+    path = os.path.join(SEEDS, "test_overlapping_5.json")
+    code, lines, err = diff(capsys, path, "--only", "qemu", "--repeat", "2")
+    assert (code, err, lines[:3]) == (0, "", [f"PASS {path}", f"PASS {path}", "2 passed, 0 failed"])
+    assert re.fullmatch(r"2 cases in \d+\.\d\d s: \d+\.\d cases/s \(qemu, 1 worker\)", lines[3])
+
+
+def test_bad_input_exits_2(tmp_path, capsys):
+    assert diff(capsys, str(tmp_path / "nope.json")) == (
+        2, [], f"blockfuzz: error: {tmp_path / 'nope.json'}: no such file or directory\n")
+    assert diff(capsys, str(tmp_path)) == (
+        2, [], f"blockfuzz: error: {tmp_path}: no *.json case files there\n")
+    assert diff(capsys, str(tmp_path), "--jobs", "0") == (
+        2, [], "blockfuzz: error: blockfuzz diff: --seeds must be >= 0, --jobs and --repeat >= 1, "
+               "--timeout > 0\n")

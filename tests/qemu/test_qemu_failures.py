@@ -1,0 +1,223 @@
+"""A QEMU that crashes, hangs, is interrupted or is missing: a finding or a clear error,
+never a stuck harness, a leftover process or a leftover file."""
+from __future__ import annotations
+
+import os
+import signal
+import stat
+
+import pytest
+
+from harness.backends.qemu import QemuRunner, run_case
+from harness.backends.qemu_images import ROOT_PREFIX, ImageStore
+from harness.case import Case, Command, Image, Write, from_dict
+from harness.errors import QemuError
+
+pytestmark = pytest.mark.qemu
+
+OK = {"return": {}}
+MiB = 1 << 20
+
+#: a commit with 4 MiB to copy at 1 byte/s: held by its speed limit until someone lifts it
+THROTTLED = from_dict({
+    "format": "blockfuzz-case/1",
+    "images": [{"node-name": "n0", "size": 4 * MiB},
+               {"node-name": "n1", "writes": [{"offset": 0, "length": 4 * MiB, "pattern": 7}]},
+               {"node-name": "n2"}],
+    "commands": [
+        {"execute": "block-commit", "arguments": {"device": "drive0", "top-node": "n1",
+                                                  "base-node": "n0", "speed": 1, "job-id": "c"}},
+        {"execute": "x-wait-jobs"},
+        {"execute": "query-jobs"},
+    ]})
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def case_dirs(runner: QemuRunner) -> list[str]:
+    return sorted(n for n in os.listdir(runner.store.root) if n.startswith("c"))
+
+
+def test_qemu_killed_mid_case_is_a_qemu_crash_finding_and_leaves_no_process():
+    pids: list[int] = []
+
+    def kill_before_the_wait(index: int, command: Command, pid: int) -> None:
+        pids.append(pid)
+        if index == 1:
+            os.kill(pid, signal.SIGKILL)
+
+    with QemuRunner(before_command=kill_before_the_wait) as runner:
+        obs = runner.run(THROTTLED)
+        assert obs.finding is not None
+        assert obs.finding.kind == "qemu-crash"
+        assert obs.finding.step == 1
+        assert obs.finding.where == "x-wait-jobs"
+        assert obs.finding.message.splitlines() == [
+            f"qemu-system-x86_64 (pid {pids[0]}) died with signal SIGKILL (9) during command 1 (x-wait-jobs)",
+            "stderr:",
+            "commands so far:",
+            '  0: {"execute": "block-commit", "arguments": {"device": "drive0", "top-node": "n1", '
+            '"base-node": "n0", "speed": 1, "job-id": "c"}}',
+            '  1: {"execute": "x-wait-jobs"}',
+        ]
+        assert obs.replies == [OK]
+        assert obs.job_statuses == {"c": ["created", "running"]}
+        assert not alive(pids[0]) and runner.pids() == []
+        assert case_dirs(runner) == []
+        # the images are still read after the crash
+        assert obs.extra["on_disk_backing"] == {"n2.qcow2": "n1.qcow2", "n1.qcow2": "n0.qcow2",
+                                                "n0.qcow2": None}
+        # the next case gets a fresh process
+        again = runner.run(from_dict({"format": "blockfuzz-case/1", "images": [{"node-name": "a"}],
+                                      "commands": []}))
+        assert again.finding is None and again.chain_names() == ["a"]
+        assert runner.pids() != [pids[0]]
+
+
+def test_a_job_that_never_settles_is_a_hang_with_query_jobs_and_is_cleaned_up():
+    with QemuRunner(timeout=0.5, unthrottle=False) as runner:
+        obs = runner.run(THROTTLED)
+        assert obs.finding is not None
+        assert obs.finding.kind == "hang"
+        assert obs.finding.step == 1
+        assert obs.finding.message.startswith(
+            "command 1 (x-wait-jobs): jobs did not settle within 0.5 s; query-jobs: [{")
+        assert '"status": "running"' in obs.finding.message and '"id": "c"' in obs.finding.message
+        assert obs.replies == [OK]
+        assert obs.jobs_left == {"c": "running"}
+        assert obs.chain_names() == ["n2", "n1", "n0"]
+        assert obs.data == []                 # not read while a job still runs
+        assert runner.pids() == [] and case_dirs(runner) == []
+
+
+def test_x_wait_jobs_lifts_the_speed_limit_of_a_throttled_job(runner):
+    obs = runner.run(THROTTLED)
+    assert obs.finding is None
+    assert obs.replies == [OK, OK, OK]
+    assert obs.extra["unthrottled"] == [[1, "c"]]
+    assert obs.job_statuses == {"c": ["created", "running", "waiting", "pending", "concluded", "null"]}
+    assert obs.chain_names() == ["n2", "n0"]
+    assert obs.data == [[0, 4 * MiB, 7]]
+
+
+def test_ctrl_c_mid_case_kills_qemu_and_removes_the_case_images():
+    pids: list[int] = []
+
+    def interrupt(index: int, command: Command, pid: int) -> None:
+        pids.append(pid)
+        if index == 1:
+            raise KeyboardInterrupt
+
+    with QemuRunner(before_command=interrupt) as runner:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run(THROTTLED)
+        assert not alive(pids[0]) and runner.pids() == []
+        assert case_dirs(runner) == []
+        root = runner.store.root
+    assert not os.path.exists(root)
+
+
+def test_run_case_uses_a_fresh_process_and_removes_everything(tmp_path):
+    obs = run_case(from_dict({"format": "blockfuzz-case/1", "images": [{"node-name": "a"}],
+                              "commands": []}), workdir=str(tmp_path))
+    assert obs.chain_names() == ["a"] and obs.data == [[0, MiB, 0]]
+    assert os.listdir(tmp_path) == []
+
+
+def test_missing_qemu_tools_give_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(QemuError) as info:
+        QemuRunner()
+    assert str(info.value) == ("qemu-img not found on PATH: install Debian's qemu-utils "
+                               "(apt-get install qemu-utils qemu-system-x86) or put it on PATH")
+
+
+def test_a_missing_qemu_binary_gives_a_clear_error(tmp_path, monkeypatch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("qemu-img", "qemu-io"):
+        (bindir / tool).symlink_to(f"/usr/bin/{tool}")
+    monkeypatch.setenv("PATH", str(bindir))
+    with pytest.raises(QemuError) as info:
+        run_case(from_dict({"format": "blockfuzz-case/1", "images": [{"node-name": "a"}],
+                            "commands": []}), workdir=str(tmp_path))
+    assert str(info.value) == ("qemu-system-x86_64 not found on PATH: install Debian's "
+                               "qemu-system-x86 (apt-get install qemu-utils qemu-system-x86) "
+                               "or put it on PATH")
+    assert os.listdir(tmp_path) == ["bin"]
+
+
+def test_a_qemu_that_exits_at_start_gives_its_status_and_output(tmp_path, monkeypatch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("qemu-img", "qemu-io"):
+        (bindir / tool).symlink_to(f"/usr/bin/{tool}")
+    fake = bindir / "qemu-storage-daemon"
+    fake.write_text("#!/bin/sh\necho 'qemu-storage-daemon: cannot start' >&2\nexit 3\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", str(bindir))
+    no_device = Case(images=(Image("a"),), commands=(), drive=None)
+    with pytest.raises(QemuError) as info:
+        run_case(no_device, workdir=str(tmp_path))
+    assert str(info.value).startswith("qemu-storage-daemon did not start: qemu-storage-daemon (pid ")
+    assert str(info.value).endswith(") exited with status 3; its output: qemu-storage-daemon: cannot start")
+
+
+def test_image_roots_of_dead_processes_are_removed(tmp_path):
+    stale = tmp_path / f"{ROOT_PREFIX}999999999-abc"
+    stale.mkdir()
+    (stale / "x.qcow2").write_bytes(b"x")
+    mine = tmp_path / f"{ROOT_PREFIX}{os.getpid()}-keep"
+    mine.mkdir()
+    with ImageStore(str(tmp_path)) as store:
+        assert not stale.exists() and mine.exists()
+        assert os.path.basename(store.root).startswith(f"{ROOT_PREFIX}{os.getpid()}-")
+
+
+def test_templates_are_built_once_per_layout_and_copies_are_independent(tmp_path):
+    images = (Image("n0", writes=(Write(0, 512, 1),)), Image("n1"))
+    with ImageStore(str(tmp_path)) as store:
+        first, second = store.checkout(images), store.checkout(images)
+        assert first.directory != second.directory
+        assert len([n for n in os.listdir(store.root) if n.startswith("t")]) == 1
+        with open(first.path("n1.qcow2"), "rb") as f:
+            header = f.read(4096)
+        assert (first.directory + "/n0.qcow2").encode() in header
+        first.remove()
+        assert os.path.exists(second.path("n0.qcow2"))
+
+
+@pytest.mark.parametrize("image, message", [
+    (Image("n0", filename="../x.qcow2"),
+     "image 0: filename '../x.qcow2' cannot be used on real QEMU: use a plain file name "
+     "(letters, digits, '_', '.', '+', '-')"),
+    (Image("n0", format="vmdk"),
+     "image 0: format 'vmdk' is not supported here: use qcow2 (raw only for the bottom image)"),
+])
+def test_images_qemu_cannot_build_are_refused_by_name(tmp_path, image, message):
+    with ImageStore(str(tmp_path)) as store, pytest.raises(QemuError) as info:
+        store.checkout((image,))
+    assert str(info.value) == message
+
+
+def test_a_qemu_that_stops_answering_is_a_hang_and_is_killed():
+    pids: list[int] = []
+
+    def stop(index: int, command: Command, pid: int) -> None:
+        pids.append(pid)
+        os.kill(pid, signal.SIGSTOP)
+
+    with QemuRunner(timeout=0.3, before_command=stop) as runner:
+        obs = runner.run(THROTTLED)
+        assert obs.finding is not None
+        assert (obs.finding.kind, obs.finding.where, obs.finding.step) == ("hang", "block-commit", 0)
+        assert obs.finding.message == ("QEMU did not answer 'block-commit' within 0.3 s; "
+                                       "query-jobs: not available, the monitor does not answer")
+        assert obs.replies == []
+        assert not alive(pids[0]) and runner.pids() == []
