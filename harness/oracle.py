@@ -398,14 +398,14 @@ class Context:
             return None
         paused = False
         for j, command in enumerate(self.case.commands[:index]):
-            verb = _pause_verb(command)
-            if verb is None or _arg_id(command) != job_id or not _accepted(self, j):
+            effect = USER_PAUSE.get(command.execute)
+            if effect is None or _arg_id(command) != job_id or not _accepted(self, j):
                 continue
             if self.timeline.lifetime_at(job_id, j) is not life:
                 if self.timeline.lifetime_at(job_id, j) is None:
                     return None
                 continue
-            paused = verb == "pause"
+            paused = effect
         return paused
 
 
@@ -437,9 +437,10 @@ def _accepted(ctx: Context, index: int) -> bool:
     return index < len(ctx.replies) and "return" in ctx.replies[index]
 
 
-def _pause_verb(command: "Command") -> str | None:
-    return {"job-pause": "pause", "block-job-pause": "pause",
-            "job-resume": "resume", "block-job-resume": "resume"}.get(command.execute)
+#: accepted commands that set or clear job->user_paused (job.c: a cancel
+#: clears it too, in job_cancel_async_locked)
+USER_PAUSE = {"job-pause": True, "block-job-pause": True, "job-resume": False,
+              "block-job-resume": False, "job-cancel": False, "block-job-cancel": False}
 
 
 def _arg_id(command: "Command") -> Any:

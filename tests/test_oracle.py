@@ -480,6 +480,17 @@ def test_a_refused_pause_leaves_the_job_not_user_paused():
         "The block job for device 's' is currently paused"]
 
 
+def test_a_cancel_clears_the_user_pause():
+    """job.c job_cancel_async_locked: a cancelled job is no longer user-paused."""
+    case = make_case(3, [cmd("block-stream", device="drive0", job_id="s", speed=1),
+                         cmd("job-pause", id="s"), cmd("job-cancel", id="s"),
+                         cmd("job-resume", id="s")])
+    obs = observe(case, events=status("s", "created", "running"), jobs_left={"s": "running"})
+    assert [v.message for v in violations(case, obs)] == [
+        "command 3 (job-resume): expected error GenericError: "
+        "Can't resume a job that was not paused, observed success"]
+
+
 def test_with_steps_on_events_a_job_gone_before_a_command_is_not_found():
     case = make_case(3, [cmd("block-stream", device="drive0", job_id="s"), cmd("x-wait-jobs"),
                          cmd("job-pause", id="s")])
