@@ -27,6 +27,15 @@ BUGS: dict[str, Bug] = {b.id: b for b in (
         "stream_prepare takes a reference on base but does not drain around the change: "
         "a node the commit just cut out is installed again as the backing",
         "wrong-backing"),
+    Bug("stream-header-before-backing", "8441d82d51", "4.1",
+        "stream_prepare rewrites the image header (I/O: a nested poll) before "
+        "bdrv_set_backing_hd, holding base with no reference: a commit completing in that "
+        "poll frees it (use-after-free)",
+        "use-after-free"),
+    Bug("no-never-freeze", "e5182c1c57", "4.1",
+        "without BDS.never_freeze another job may freeze a link to a commit filter; the "
+        "commit then cannot drop its filter at the end and aborts on &error_abort (crash)",
+        "crash"),
 )}
 
 

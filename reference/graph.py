@@ -317,9 +317,10 @@ def bdrv_is_backing_chain_frozen(bs, base, errp_ok: bool = False) -> None:
 def bdrv_freeze_backing_chain(bs: BlockDriverState, base: BlockDriverState | None) -> None:
     """Freeze every edge from ``bs`` down to (not leaving) ``base``."""
     bdrv_is_backing_chain_frozen(bs, base)
+    check_never_freeze = not bs.m.bug("no-never-freeze")
     for i in _chain_until(bs, base):
         c = bdrv_filter_or_cow_child(i)
-        if c is not None and c.bs.never_freeze:
+        if check_never_freeze and c is not None and c.bs.never_freeze:
             raise QMPError(f"Cannot freeze '{c.name}' link to '{c.bs.node_name}'")
     for i in _chain_until(bs, base):
         c = bdrv_filter_or_cow_child(i)
@@ -472,6 +473,8 @@ def bdrv_change_backing_file(bs: BlockDriverState, filename: str | None, fmt: st
     target = bdrv_skip_filters(live(bs, "bdrv_change_backing_file"))
     if target is None or target.drv not in ("qcow2",):
         return
+    bs.m.nested_io_poll("bdrv_change_backing_file")     # the header write is I/O
+    live(target, "bdrv_change_backing_file")
     target.backing_file = filename
     target.backing_format = fmt if filename else None
 

@@ -66,10 +66,8 @@ class AioContext:
 
     def _ready(self) -> list[tuple]:
         timers = self.timers
-        if timers:
-            live = [t for t in timers if t.armed]
-            if len(live) != len(timers):
-                self.timers = timers = live
+        if timers and not all(t.armed for t in timers):
+            self.timers = timers = [t for t in timers if t.armed]
         now = self.now
         ready: list[tuple] = [(k, cb, None) for k, cb in self.bhs]
         ready += [(t.key, t.cb, t) for t in timers if t.deadline <= now]

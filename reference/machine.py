@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 
 from reference.data import ImageData, merge_runs
 from reference.errors import ModelFault, QMPError
-from reference.graph import (BlockDriverState, BdrvChild, bdrv_attach_child, bdrv_filter_or_cow_bs,
+from reference.graph import (FILTER_CHILD, BlockDriverState, BdrvChild, bdrv_attach_child, bdrv_filter_or_cow_bs,
                              bdrv_skip_filters, bdrv_unref_child, chain, live)
 from reference.job import Job
 from reference.loop import AioContext
@@ -101,6 +101,13 @@ class Machine:
 
     def cell_if_completion_ran(self, where: str) -> None:
         pass
+
+    def nested_io_poll(self, what: str) -> None:
+        """Synchronous I/O outside coroutine context (bdrv_poll_co): poll until the
+        request completes; whatever else is ready may run first."""
+        done = []
+        self.aio.bh_schedule(f"io:{what}", lambda: done.append(True))
+        self.aio.poll_while(lambda: not done, what)
 
     def must_succeed(self, fn: Callable[[], None], where: str) -> None:
         """A call QEMU makes with &error_abort: a failure is a crash."""
@@ -192,15 +199,29 @@ class Machine:
         return out
 
     def is_allocated_above(self, top, base_overlay, offset: int, n: int) -> tuple[bool, int]:
-        """bdrv_is_allocated_above(top, base_overlay, include_base=true)."""
-        for bs in chain(top):
-            if bs.data is not None:
-                allocated, pnum = bs.data.block_status(offset, n)
+        """bdrv_is_allocated_above(top, base_overlay, include_base=true).
+
+        Hot path: walks the chain with plain attribute access (no helper calls)."""
+        bs = top
+        while bs is not None:
+            if bs.freed_at is not None:
+                live(bs, "bdrv_is_allocated_above")
+            data = bs.data
+            if data is not None:
+                allocated, pnum = data.block_status(offset, n)
                 if allocated:
                     return True, pnum
-                n = min(n, pnum) if pnum else n
+                if pnum:
+                    n = pnum if pnum < n else n
             if bs is base_overlay:
                 break
+            child = None
+            want = FILTER_CHILD.get(bs.drv, "backing")
+            for c in bs.children:
+                if c.name == want:
+                    child = c
+                    break
+            bs = child.bs if child is not None else None
         return False, n
 
     def write(self, bs: BlockDriverState, start: int, end: int, runs) -> None:

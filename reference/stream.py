@@ -66,7 +66,29 @@ class StreamJob(Job):
             return self._prepare_unfixed(take_ref=False)
         if m.bug("stream-prepare-ref-only"):
             return self._prepare_unfixed(take_ref=True)
+        if m.bug("stream-header-before-backing"):
+            return self._prepare_header_first()
         return self._prepare_fixed()
+
+    def _prepare_header_first(self) -> int:
+        """QEMU before 8441d82d51: header rewrite (polls), then a non-draining
+        bdrv_set_backing_hd, with ``base`` read before both."""
+        bs = bdrv_skip_filters(self.target_bs)
+        base = bdrv_filter_or_cow_bs(self.above_base)
+        if bdrv_cow_child(bs) is None:
+            return 0
+        unfiltered_base = bdrv_skip_filters(base)
+        base_id = base_fmt = None
+        if unfiltered_base is not None:
+            base_id = self.backing_file_str or unfiltered_base.filename
+            base_fmt = unfiltered_base.drv
+        bdrv_change_backing_file(bs, base_id, base_fmt)
+        try:
+            bdrv_set_backing_hd(bs, base, drain_it=False)
+        except QMPError as e:
+            self.m.report_error(e.desc)
+            return -1
+        return 0
 
     def _prepare_fixed(self) -> int:
         above_base = self.above_base
