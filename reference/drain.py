@@ -80,15 +80,25 @@ def child_detach(c: "BdrvChild") -> None:
 def _quiesce(bs: "BlockDriverState", ignore: "BdrvChild | None") -> None:
     """bdrv_do_drained_begin_quiesce: count, and tell every other parent."""
     bs.quiesce_counter += 1
-    for c in list(bs.parents):
+    parents = bs.parents
+    if len(parents) == 1:
+        if parents[0] is not ignore:
+            parent_drained_begin_single(parents[0], poll=False)
+        return
+    for c in list(parents):
         if c is not ignore:
             parent_drained_begin_single(c, poll=False)
 
 
 def _unquiesce(bs: "BlockDriverState", ignore: "BdrvChild | None") -> None:
-    for c in list(bs.parents):
-        if c is not ignore:
-            parent_drained_end_single(c)
+    parents = bs.parents
+    if len(parents) == 1:
+        if parents[0] is not ignore:
+            parent_drained_end_single(parents[0])
+    else:
+        for c in list(parents):
+            if c is not ignore:
+                parent_drained_end_single(c)
     bs.quiesce_counter -= 1
 
 

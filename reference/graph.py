@@ -206,10 +206,18 @@ def bdrv_filter_or_cow_child(bs: BlockDriverState) -> BdrvChild | None:
 
 
 def bdrv_filter_or_cow_bs(bs: BlockDriverState | None) -> BlockDriverState | None:
+    """The next node down: the filtered child of a filter, else the backing child.
+
+    Hot path: one attribute walk, no helper calls."""
     if bs is None:
         return None
-    c = bdrv_filter_or_cow_child(live(bs, "bdrv_filter_or_cow_bs"))
-    return c.bs if c else None
+    if bs.freed_at is not None:
+        live(bs, "bdrv_filter_or_cow_bs")
+    want = FILTER_CHILD.get(bs.drv, "backing")
+    for c in bs.children:
+        if c.name == want:
+            return c.bs
+    return None
 
 
 def bdrv_cow_bs(bs: BlockDriverState | None) -> BlockDriverState | None:
