@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import time
 
@@ -151,10 +152,15 @@ def nbd_server(tmp_path):
     server = subprocess.Popen(["qemu-nbd", "--persistent", "--read-only", "--format=raw",
                                f"--socket={sock}", "--export-name=e", str(image)],
                               stderr=subprocess.PIPE)
-    for _ in range(500):
-        if os.path.exists(sock):
+    for _ in range(500):                      # until qemu-nbd listens (bounded by count)
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(sock)
             break
-        time.sleep(0.01)
+        except OSError:
+            time.sleep(0.01)
+        finally:
+            probe.close()
     yield sock
     server.kill()
     server.wait()
