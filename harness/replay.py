@@ -78,10 +78,16 @@ def parse_bugs(text: str | None) -> tuple[str, ...] | None:
 
 
 def case_paths(path: str) -> list[str]:
-    """The one case file, or every ``*.json`` under a directory, sorted."""
+    """The one case file, or every ``*.json`` under a directory, sorted.
+
+    Hidden files and directories are skipped: an interrupted atomic save
+    leaves a ``.tmp-*.json`` behind."""
     if os.path.isdir(path):
-        found = [os.path.join(root, name) for root, dirs, names in os.walk(path)
-                 for name in names if name.endswith(".json")]
+        found = []
+        for root, dirs, names in os.walk(path):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            found += [os.path.join(root, n) for n in names
+                      if n.endswith(".json") and not n.startswith(".")]
         return sorted(found)
     if not os.path.exists(path):
         raise UsageError(f"{path}: no such file or directory")

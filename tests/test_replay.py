@@ -50,6 +50,8 @@ def test_every_case_under_a_directory_in_sorted_order(tmp_path, capsys):
     b = write(tmp_path / "b.json", case_dict())
     a = write(tmp_path / "a" / "z.json", case_dict())
     write(tmp_path / "notes.txt", "not a case")
+    write(tmp_path / ".tmp-1234.json", "{")
+    write(tmp_path / ".hidden" / "x.json", "{")
     assert replay(capsys, str(tmp_path)) == (
         0, [f"PASS {a} (1 seed)", f"PASS {b} (1 seed)", "2 passed, 0 failed"], "")
 
