@@ -277,7 +277,8 @@ def transition_violations(events: list[dict]) -> list[Violation]:
     for event in events:
         if event.get("event") != "JOB_STATUS_CHANGE":
             continue
-        job_id, new = event["data"].get("id"), event["data"].get("status")
+        data = event.get("data") or {}
+        job_id, new = data.get("id"), data.get("status")
         old = last.get(job_id, "null")
         old = "undefined" if old == "null" else old
         if new not in TRANSITIONS.get(old, ()):
@@ -323,16 +324,16 @@ class Context:
     filter_names: frozenset[str]             # every filter-node-name in the case
     added_names: frozenset[str]              # node-names from blockdev-add
     removable: list[frozenset[str] | None]   # per command: nodes it may remove (None: any)
-    filters: list[dict[str, str]]            # per command: filter name -> node it sits on
 
     @classmethod
     def build(cls, case: "Case", observation: "Observation") -> "Context":
         timeline = Timeline(case, observation.replies, observation.events)
         images = [img.node_name for img in case.images]
-        ctx = cls(case, observation.replies, timeline, images, {img.filename: img.node_name for img in case.images},
+        ctx = cls(case, observation.replies, timeline, images,
+                  {img.filename: img.node_name for img in case.images},
                   _argument_values(case.commands, "filter-node-name"),
-                  _added_names(case.commands), [], [])
-        ctx._plan(observation.replies)
+                  _added_names(case.commands), [])
+        ctx._plan()
         return ctx
 
     @property
@@ -343,13 +344,12 @@ class Context:
     def top(self) -> str:
         return self.images[-1]
 
-    def _plan(self, replies: list[dict]) -> None:
+    def _plan(self) -> None:
         """Each accepted job's removal set on the original chain: a superset of
         what it can remove whatever ran before it."""
         filters: dict[str, str] = {}
         chain = list(reversed(self.images))
         for i, command in enumerate(self.case.commands):
-            self.filters.append(dict(filters))
             accepted = _accepted(self, i)
             removes: frozenset[str] | None = frozenset()
             if accepted and command.execute in JOB_COMMANDS:
