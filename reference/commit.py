@@ -32,8 +32,9 @@ class CommitJob(Job):
         length = self.top_bs.data.size
         self.len = length
         offset = 0
+        delay = 0
         while offset < length:
-            yield from self.ratelimit_sleep()
+            yield from self.sleep_ns(delay)
             if self.is_cancelled():
                 break
             copy, n = m.is_allocated_above(self.top_bs, self.base_overlay, offset, COMMIT_BUFFER_SIZE)
@@ -44,8 +45,7 @@ class CommitJob(Job):
                 m.copy_range(self.top_bs, self.base_bs, offset, n)
             offset += n
             self.offset = offset
-            if copy:
-                self.ratelimit_calculate_delay(n)
+            delay = self.ratelimit_calculate_delay(n) if copy else 0
         return 0
 
     def prepare(self) -> int:

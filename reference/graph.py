@@ -48,7 +48,8 @@ class BlockDriverState:
         self.quiesce_counter = 0
         self.recursive_quiesce_counter = 0
         self.op_blockers: list[str] = []
-        self.backing_file: str | None = None     # the image header's backing string
+        self.backing_file: str | None = None     # bs->backing_file, what queries show
+        self.header_backing: str | None = None   # the backing string in the image header
         self.backing_format: str | None = None
         self.freed_at: str | None = None
         self.cor_bottom: BlockDriverState | None = None
@@ -262,9 +263,10 @@ def bdrv_chain_contains(top: BlockDriverState | None, base: BlockDriverState | N
 
 
 def bdrv_find_base(bs: BlockDriverState) -> BlockDriverState | None:
-    """The last node of the COW chain below ``bs`` (bdrv_find_base)."""
-    last = None
-    cur = bdrv_backing_chain_next(bs)
+    """bdrv_find_base: the last node of the COW chain starting at ``bs`` — ``bs``
+    itself when it has no backing (so committing the bottom image "into itself")."""
+    last = bdrv_skip_filters(bs)
+    cur = bdrv_backing_chain_next(last)
     while cur is not None:
         last = cur
         cur = bdrv_backing_chain_next(cur)
@@ -484,6 +486,7 @@ def bdrv_change_backing_file(bs: BlockDriverState, filename: str | None, fmt: st
     bs.m.nested_io_poll("bdrv_change_backing_file")     # the header write is I/O
     live(target, "bdrv_change_backing_file")
     target.backing_file = filename
+    target.header_backing = filename
     target.backing_format = fmt if filename else None
 
 

@@ -219,7 +219,10 @@ class Job:
         self.m.io_in_flight -= 1
 
     def ratelimit_calculate_delay(self, n: int) -> int:
-        """ratelimit_calculate_delay (include/qemu/ratelimit.h) on virtual time."""
+        """block_job_ratelimit_get_delay / ratelimit_calculate_delay on virtual time.
+
+        QEMU 7.2 computes the delay after a chunk that copied and sleeps it at the
+        top of the next iteration; a job woken early (a drain) does not sleep again."""
         if not self.slice_quota:
             return 0
         now = self.m.aio.now
@@ -233,10 +236,6 @@ class Job:
         slices = self.dispatched / self.slice_quota
         self.slice_end = self.slice_start + int(slices * SLICE_NS)
         return self.slice_end - now
-
-    def ratelimit_sleep(self) -> Generator:
-        """block_job_ratelimit_sleep."""
-        yield from self.sleep_ns(self.ratelimit_calculate_delay(0))
 
     # -- life cycle -------------------------------------------------------------
 

@@ -39,6 +39,7 @@ class Machine:
     def __init__(self, choose: Callable, bugs: Iterable[str] = (), trace: bool = False):
         self.aio = AioContext(choose)
         self.named_nodes: dict[str, BlockDriverState] = {}
+        self.images: dict[str, BlockDriverState] = {}      # filename -> image node
         self.blks: dict[str, BlockBackend] = {}
         self.jobs: dict[str, Job] = {}
         self.job_order: list[str] = []
@@ -123,10 +124,24 @@ class Machine:
         bs = BlockDriverState(self, node_name, drv, filename=filename, read_only=read_only,
                               data=ImageData(size, cluster_size, raw=(drv == "raw")))
         self.named_nodes[node_name] = bs
+        self.images[filename] = bs
         if backing is not None:
             bdrv_attach_child(bs, backing, "backing")
             bdrv_unref_child_owner(backing)
+            bs.header_backing = backing.filename
         return bs
+
+    def on_disk_backing(self, top_filename: str) -> dict[str, str | None]:
+        """The backing strings in the image headers, following them from
+        ``top_filename`` as ``qemu-img info --backing-chain`` does."""
+        out: dict[str, str | None] = {}
+        name: str | None = top_filename
+        while name is not None and name in self.images and name not in out:
+            out[name] = self.images[name].header_backing
+            name = out[name]
+        if name is not None and name not in self.images:
+            return {f: self.images[f].header_backing for f in reversed(list(self.images))}
+        return out
 
     def attach_device(self, name: str | None, bs: BlockDriverState) -> None:
         """-drive id=NAME (a BlockBackend owning the chain) or blockdev-add (a monitor ref)."""

@@ -36,8 +36,9 @@ class StreamJob(Job):
         length = bs.data.size
         self.len = length
         offset = 0
+        delay = 0
         while offset < length:
-            yield from self.ratelimit_sleep()
+            yield from self.sleep_ns(delay)
             if self.is_cancelled():
                 break
             allocated, n = bs.data.block_status(offset, STREAM_CHUNK)
@@ -51,8 +52,7 @@ class StreamJob(Job):
                 m.copy_on_read(bs, offset, n)
             offset += n
             self.offset = offset
-            if copy:
-                self.ratelimit_calculate_delay(n)
+            delay = self.ratelimit_calculate_delay(n) if copy else 0
         return 0
 
     def prepare(self) -> int:
@@ -202,7 +202,11 @@ def stream_start(m, job_id, bs, base, backing_file_str, bottom, *, speed, on_err
 def _insert_cor(m, bs, bottom, filter_node_name):
     """bdrv_insert_node with driver copy-on-read: the filter freezes its chain down to
     ``bottom`` (cor_open) and holds a reference on it."""
-    cor = bdrv_append_filter(m, "copy-on-read", filter_node_name, bs, implicit=not filter_node_name)
+    try:
+        cor = bdrv_append_filter(m, "copy-on-read", filter_node_name, bs,
+                                 implicit=not filter_node_name)
+    except QMPError as e:        # bdrv_insert_node prefixes the open error
+        raise QMPError(f"Could not create node: {e.desc}") from None
     try:
         bdrv_freeze_backing_chain(cor, bottom)
     except QMPError:

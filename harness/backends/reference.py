@@ -23,8 +23,12 @@ from reference.errors import BlockfuzzError, ModelFault, QMPError
 from reference.graph import bdrv_filter_or_cow_bs, bdrv_skip_filters
 from reference.machine import Machine
 
-#: how many loop iterations may run between two commands (0 .. BETWEEN-1)
-BETWEEN = 4
+#: between two commands the loop runs 0 .. BETWEEN-2 iterations, or (the last
+#: choice) everything that is ready until it idles: QEMU's main loop is much
+#: faster than a QMP round trip, so a job with nothing left to wait for may
+#: finish before the next command arrives.
+BETWEEN = 5
+IDLE_BOUND = 10_000
 
 
 def source_for(case: Case, seed: int | None = None) -> ChoiceSource:
@@ -84,7 +88,8 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
 def _run_commands(m: Machine, case: Case, obs: Observation, source: ChoiceSource) -> None:
     for i, cmd in enumerate(case.commands):
         if i:
-            for _ in range(source.choose(BETWEEN, "between")):
+            k = source.choose(BETWEEN, "between")
+            for _ in range(k if k < BETWEEN - 1 else IDLE_BOUND):
                 if not m.aio.aio_poll(blocking=False):
                     break
         m.cmd_index = i
@@ -110,6 +115,9 @@ def _observe(m: Machine, obs: Observation) -> None:
     try:
         obs.chain = observe_chain(m)
         obs.data = m.guest_view()
+        top = next((n.filename for n in obs.chain if not n.is_filter), None)
+        if top is not None:
+            obs.extra["on_disk_backing"] = m.on_disk_backing(top)
     except BlockfuzzError as exc:
         obs.extra["observe-error"] = str(exc)
 

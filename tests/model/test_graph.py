@@ -169,7 +169,7 @@ def test_block_stream_argument_errors(args, desc):
     ({"device": "drive0", "top": "x.qcow2"}, ("GenericError", "Top image file x.qcow2 not found")),
     ({"device": "drive0", "base": "x.qcow2"}, ("GenericError", "Can't find 'x.qcow2' in the backing chain")),
     ({"device": "drive0", "backing-file": "f"}, ("GenericError", "'backing-file' specified, but 'top' is the active layer")),
-    ({"device": "drive0", "top-node": "node0"}, ("GenericError", "There is no backimg image")),
+    ({"device": "drive0", "top-node": "node0"}, ("GenericError", "cannot commit an image into itself")),
     ({"device": "drive0", "top-node": "node1", "filter-node-name": "node0"}, ("GenericError", "Duplicate nodes with node-name='node0'")),
 ])
 def test_block_commit_argument_errors(args, reply):
