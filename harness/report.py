@@ -346,7 +346,7 @@ def _attach(case: Case) -> list[str]:
     if case.drive == "drive0":
         fmt = "" if case.images[-1].format == "qcow2" else f", img_format='{case.images[-1].format}'"
         return [f"        self.vm.add_drive(self.imgs[-1], {joined}{fmt})"]
-    return [f"        self.vm.add_args('-drive', f'file={{self.imgs[-1]}},"
+    return [f"        self.vm.add_drive_raw(f'file={{self.imgs[-1]}},"
             f"format={case.images[-1].format},if=none,id={case.drive},' + {joined})"]
 
 

@@ -293,7 +293,7 @@ def test_iotest_maps_the_harness_commands(tmp_path, capsys):
     (None, "        self.vm.add_blockdev(','.join([\n            'driver=qcow2',\n"
            "            'file.driver=file',\n            f'file.filename={self.imgs[2]}',\n"
            "            'node-name=node2',\n            'backing.driver=qcow2',\n"),
-    ("disk", "        self.vm.add_args('-drive', f'file={self.imgs[-1]},format=qcow2,if=none,id=disk,' "
+    ("disk", "        self.vm.add_drive_raw(f'file={self.imgs[-1]},format=qcow2,if=none,id=disk,' "
              "+ ','.join([\n            'node-name=node2',\n")])
 def test_iotest_attaches_a_case_without_drive0(tmp_path, capsys, drive, attach):
     commands = [{"execute": "block-stream", "arguments": {"device": "node2", "job-id": "s"}}]
