@@ -194,19 +194,11 @@ def graph_source(case: Case, bugs: Iterable[str] | None, seed: int | None):
 
 
 def run_to_end(m, case: Case, choices: ChoiceSource) -> Exception | None:
-    """The run of :func:`harness.backends.reference.run_case` (the same loop, the
+    """The run of :func:`harness.backends.reference.run_case` (its own loop, the
     same choices) on a machine kept for inspection; returns its fault, if any."""
-    from harness.backends.reference import BETWEEN
-    from reference import qmp
+    from harness.backends.reference import _run_commands
     try:
-        for i, command in enumerate(case.commands):
-            for _ in range(choices.choose(BETWEEN, "between") if i else 0):
-                if not m.aio.aio_poll(blocking=False):
-                    break
-            m.cmd_index = i
-            qmp.execute(m, command.execute, dict(command.arguments))
-        m.cmd_index = len(case.commands)
-        qmp.x_wait_jobs(m)
+        _run_commands(m, case, Observation(), choices)
     except Exception as exc:         # a model fault or a crash of the model: stop at that moment
         return m.first_fault or exc
     return None

@@ -144,16 +144,28 @@ def test_seed_replaces_the_schedule():
 
 # -- the graph -------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", [REGRESSION, STREAM_COMMIT])
-def test_the_graph_replay_consumes_the_choices_of_run_case(path):
-    """The "after" picture shows the run the verdict is about, not another one."""
-    case = case_mod.load(path)
+IDLE_BETWEEN = {"format": "blockfuzz-case/1",
+                "images": [{"node-name": "node0", "format": "raw", "size": 16777216},
+                           {"node-name": "node1", "writes": [{"offset": 0, "length": 16777216, "pattern": 1}]},
+                           {"node-name": "node2"}],
+                "commands": [{"execute": "block-stream", "arguments": {"device": "drive0", "job-id": "s"}},
+                             {"execute": "query-jobs"}],
+                "schedule": {"choices": [4]}}
+
+
+@pytest.mark.parametrize("path", [REGRESSION, STREAM_COMMIT, None])
+def test_the_graph_replay_is_the_run_of_run_case(tmp_path, path):
+    """The "after" picture shows the run the verdict is about, not another one:
+    the same choices, and each event at the same command and loop step (None:
+    the loop runs to idle between commands)."""
+    case = case_mod.load(path or write(tmp_path, IDLE_BETWEEN))
     choices = source_for(case)
-    m = Machine(choices.choose, case.bugs)
+    m = Machine(choices.choose, case.bugs, trace=True)
     build(m, case)
     fault = report.run_to_end(m, case, choices)
-    obs = run_case(case)
+    obs = run_case(case, trace=True)
     assert choices.recorded == obs.choices
+    assert [line for line in m.trace if " event " in line] == [line for line in obs.trace if " event " in line]
     assert (getattr(fault, "kind", None), str(fault) if fault else None) == \
         ((obs.finding.kind, obs.finding.message) if obs.finding else (None, None))
 
