@@ -145,26 +145,28 @@ class MirrorCommitJob(Job):
         length = src.data.size
         self.len = length
         self.dirty = m.allocated_ranges(src, self.base_overlay)
+        delay = 0
         while True:
-            delay = yield from self._iteration()
+            yield from self.sleep_ns(delay)
             if self.cancelled and (self.force_cancel or self.status != "ready"):
                 break
-            if not self.dirty:
-                if self.status == "running":
-                    self.transition("ready")
-                    self.m.event("BLOCK_JOB_READY", {"type": "commit", "device": self.id,
-                                                     "len": self.len, "offset": self.offset,
-                                                     "speed": self.speed})
-                if self.should_complete or (self.cancelled and self.status == "ready"):
-                    break
-            yield from self.sleep_ns(delay)
+            if self.dirty:
+                delay = yield from self._iteration()
+                continue
+            # nothing dirty at the start of an iteration: converged
+            self.offset = self.len
+            if self.status == "running":
+                self.transition("ready")
+                self.m.event("BLOCK_JOB_READY", {"type": "commit", "device": self.id,
+                                                 "len": self.len, "offset": self.offset,
+                                                 "speed": self.speed})
+            if self.should_complete or self.cancelled:
+                break
+            delay = SLICE_NS
         return 0
 
     def _iteration(self) -> Generator:
         """Copy one chunk of the first dirty range; return the delay before the next."""
-        if not self.dirty:
-            self.offset = self.len
-            return SLICE_NS
         start, end = self.dirty.pop(0)
         stop = min(end, start + COMMIT_BUFFER_SIZE)
         if stop < end:

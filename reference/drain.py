@@ -59,9 +59,6 @@ def child_attach(c: "BdrvChild") -> None:
     p = c.parent
     if p.kind != "node":
         return
-    if c.name == "backing" and not p.is_filter:
-        p.backing_file = c.bs.display_filename()
-        p.backing_format = c.bs.drv
     for _ in range(p.recursive_quiesce_counter):
         _drained_begin(c.bs, True, c, poll=False)
 

@@ -73,13 +73,19 @@ class AioContext:
         ready += [(t.key, t.cb, t) for t in timers if t.deadline <= now]
         return ready
 
-    def aio_poll(self, blocking: bool) -> bool:
-        """Run one ready item (the scheduler picks which); False if none could run."""
+    def aio_poll(self, blocking: bool, until: int | None = None) -> bool:
+        """Run one ready item (the scheduler picks which); False if none could run.
+
+        A blocking poll with nothing ready jumps virtual time to the earliest timer,
+        but not past ``until`` when given."""
         ready = self._ready()
         if not ready:
             if not blocking or not self.timers:
                 return False
-            self.now = min(t.deadline for t in self.timers)
+            deadline = min(t.deadline for t in self.timers)
+            if until is not None and deadline > until:
+                return False
+            self.now = deadline
             ready = self._ready()
         if len(ready) == 1:
             key, cb, timer = ready[0]

@@ -128,7 +128,7 @@ class Machine:
         if backing is not None:
             bdrv_attach_child(bs, backing, "backing")
             bdrv_unref_child_owner(backing)
-            bs.header_backing = backing.filename
+            bs.header_backing = bs.backing_file = backing.filename
         return bs
 
     def on_disk_backing(self, top_filename: str) -> dict[str, str | None]:
@@ -139,7 +139,7 @@ class Machine:
         while name is not None and name in self.images and name not in out:
             out[name] = self.images[name].header_backing
             name = out[name]
-        if name is not None and name not in self.images:
+        if name is not None:       # a missing file or a loop: qemu-img reads each image alone
             return {f: self.images[f].header_backing for f in reversed(list(self.images))}
         return out
 

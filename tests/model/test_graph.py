@@ -42,7 +42,12 @@ def test_refcounts_cascade_when_the_last_parent_goes():
     bdrv_set_backing_hd(n2, n0)
     bdrv_unref(n0)
     assert n1.freed_at is not None and "n1" not in m.named_nodes
-    assert n0.refcnt == 1 and n2.backing.bs is n0 and n2.backing_file == "n0.qcow2"
+    assert n0.refcnt == 1 and n2.backing.bs is n0
+    assert n2.backing_file == "n1.qcow2"     # only a header rewrite changes the string
+    from reference.graph import bdrv_change_backing_file
+    bdrv_change_backing_file(n2, "n0.qcow2", "qcow2")
+    assert (n2.backing_file, n2.header_backing, m.on_disk_backing("n2.qcow2")) == \
+        ("n0.qcow2", "n0.qcow2", {"n2.qcow2": "n0.qcow2", "n0.qcow2": None})
 
 
 def test_installing_an_unreferenced_node_below_the_old_backing_is_a_use_after_free():
