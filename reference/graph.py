@@ -281,8 +281,9 @@ def chain(bs: BlockDriverState | None) -> Iterator[BlockDriverState]:
 
 
 def bdrv_find_backing_image(bs: BlockDriverState, filename: str) -> BlockDriverState | None:
-    """First node below ``bs`` whose image filename equals ``filename``."""
-    for n in chain(bdrv_filter_or_cow_bs(bs)):
+    """First image strictly below ``bs`` (filters above it skipped first) whose
+    filename equals ``filename``."""
+    for n in chain(bdrv_filter_or_cow_bs(bdrv_skip_filters(bs))):
         if not n.is_filter and n.filename == filename:
             return n
     return None
