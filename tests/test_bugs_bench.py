@@ -1,0 +1,57 @@
+"""`blockfuzz bugs` and `blockfuzz bench` through the CLI."""
+import json
+
+from harness.cli import main
+from reference.bugs import BUGS, UnknownBug, validate
+import pytest
+
+
+def test_bugs_lists_every_bug_with_its_fix(capsys):
+    assert main(["bugs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("stream-prepare-no-drain  (undoes b1e1af394d, fixed in QEMU 7.0; "
+                        "finding: use-after-free)")
+    assert len(lines) == 2 * len(BUGS)
+
+
+def test_bugs_ids(capsys):
+    assert main(["bugs", "--ids"]) == 0
+    assert capsys.readouterr().out.split() == list(BUGS)
+
+
+def test_validate_rejects_unknown_ids():
+    assert validate(["stream-prepare-ref-only"]) == ("stream-prepare-ref-only",)
+    with pytest.raises(UnknownBug):
+        validate(["nope"])
+
+
+def test_bench_counts_runs_and_memory(capsys):
+    assert main(["bench", "--runs", "3", "--repeat", "1", "--memory-runs", "10", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) == {"overlapping_5-9x16MiB", "overlapping_5-6x1MiB"}
+    for r in out.values():
+        assert r["runs"] == 3 and r["runs_per_s"] > 0
+        assert r["memory"]["runs"] == 10
+
+
+def test_bench_text(capsys):
+    assert main(["bench", "--runs", "2", "--repeat", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [l.split()[0] for l in lines] == ["overlapping_5-9x16MiB", "overlapping_5-6x1MiB"]
+    assert all("runs/s" in l for l in lines)
+
+
+def test_bench_workload_is_030s_scenario():
+    from harness.bench import overlapping_5
+    from harness.backends.reference import run_case
+    from harness.choices import RandomSource
+    case = overlapping_5(9, 16 << 20)
+    obs = run_case(case, RandomSource(0))
+    assert obs.finding is None
+    assert obs.chain_names() == ["node8", "node7", "node6", "node5", "node4", "node0"]
+    assert obs.replies == [{"return": {}}] * 4
+
+
+def test_unknown_subcommand_is_a_usage_error(capsys):
+    assert main(["frobnicate"]) == 2
+    assert capsys.readouterr().err.startswith("blockfuzz: error: ")
