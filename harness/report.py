@@ -21,7 +21,9 @@ bh:job_exit:node4``: command 3, loop step 72); ``--graph OUT.svg|png|dot``
 draws the block graph after the chain is built and at the end (or at the
 fault) side by side; ``--iotest OUT.py`` writes a QMPTestCase for
 ``tests/qemu-iotests/tests/`` (and its ``.out``) that asserts what a correct
-QEMU does: the replies and the chain of a run on the fixed model.
+QEMU does: the replies of a run on the fixed model where the oracle is certain
+of them (a reply that depends on timing becomes a comment), and the oracle's
+chain, on the graph and in the image headers.
 """
 from __future__ import annotations
 
