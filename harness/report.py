@@ -198,9 +198,9 @@ def graph_source(case: Case, bugs: Iterable[str] | None, seed: int | None):
 def run_to_end(m, case: Case, choices: ChoiceSource) -> Exception | None:
     """The run of :func:`harness.backends.reference.run_case` (its own loop, the
     same choices) on a machine kept for inspection; returns its fault, if any."""
-    from harness.backends.reference import _run_commands
+    from harness.backends.reference import run_commands
     try:
-        _run_commands(m, case, Observation(), choices)
+        run_commands(m, case, Observation(), choices)
     except Exception as exc:         # a model fault or a crash of the model: stop at that moment
         return m.first_fault or exc
     return None

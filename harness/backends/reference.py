@@ -72,7 +72,7 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
     obs = Observation()
     try:
         build(m, case)
-        _run_commands(m, case, obs, source)
+        run_commands(m, case, obs, source)
     except ModelFault as fault:
         first = m.first_fault or fault
         obs.finding = Finding(first.kind, str(first), first.where, m.cmd_index)
@@ -85,7 +85,9 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
     return obs
 
 
-def _run_commands(m: Machine, case: Case, obs: Observation, source: ChoiceSource) -> None:
+def run_commands(m: Machine, case: Case, obs: Observation, source: ChoiceSource) -> None:
+    """Send the case's commands, with the loop running between them, then the
+    implicit x-wait-jobs. Public so that `blockfuzz show` replays exactly this."""
     for i, cmd in enumerate(case.commands):
         if i:
             k = source.choose(BETWEEN, "between")
