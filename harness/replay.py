@@ -126,9 +126,20 @@ def report(case: Case, runs: list[Run], verbose: bool) -> list[str]:
     else:
         where = f"under {len(failing)}/{len(runs)} seeds (first: {first.label})"
     lines = [f"FAIL {path}: {kind} {where}: {message}"]
+    if len({r.verdict.kind for r in runs}) > 1:
+        lines.append("    verdicts: " + _breakdown(runs))
     if verbose:
         lines += [f"    {d}" for d in first.differences]
     return lines
+
+
+def _breakdown(runs: list[Run]) -> str:
+    """Every verdict kind seen, with how often and its first seed: a bug put back
+    may show in more than one way (``use-after-free 14 (first: seed 4), ...``)."""
+    seen: dict[str, list[str]] = {}
+    for r in runs:
+        seen.setdefault(r.verdict.kind, []).append(r.label)
+    return ", ".join(f"{kind} {len(labels)} (first: {labels[0]})" for kind, labels in seen.items())
 
 
 def _count(runs: list[Run]) -> str:

@@ -53,10 +53,10 @@ class UseAfterFree(ModelFault):
 
     kind = "use-after-free"
 
-    def __init__(self, node: str, freed_at: str, touched_at: str):
+    def __init__(self, node: str, freed_at: str, touched_at: str, where: str = ""):
         super().__init__(
             f"node '{node}' was freed at step {freed_at} and touched at step {touched_at}",
-            where=touched_at.split(" ", 1)[-1],
+            where=where or touched_at.split(" ", 1)[-1],
         )
         self.node = node
         self.freed_at = freed_at

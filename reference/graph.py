@@ -109,7 +109,7 @@ def parent_name(p) -> str:
 def live(bs: BlockDriverState, where: str) -> BlockDriverState:
     """Touch ``bs``: raise UseAfterFree if it was freed."""
     if bs.freed_at is not None:
-        raise UseAfterFree(bs.node_name, bs.freed_at, bs.m.stamp(where))
+        raise UseAfterFree(bs.node_name, bs.freed_at, bs.m.stamp(where), where)
     return bs
 
 

@@ -61,7 +61,12 @@ class Machine:
     # -- bookkeeping ------------------------------------------------------------
 
     def stamp(self, where: str) -> str:
-        return f"{self.cmd_index}.{self.aio.steps} {where}"
+        """``<command>.<loop step> <function>``, and the job whose completion runs."""
+        stamp = f"{self.cmd_index}.{self.aio.steps} {where}"
+        if self.completing and where:
+            job = self.completing[-1]
+            stamp += f" (in {job.job_type} job '{job.id}' completion)"
+        return stamp
 
     def bug(self, bug_id: str) -> bool:
         return bug_id in self.bugs

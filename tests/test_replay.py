@@ -99,6 +99,7 @@ def test_a_finding_under_some_seeds_counts_them_and_names_the_first(tmp_path, ca
     path = write(tmp_path / "c.json", case_dict(schedule={"policy": "random", "seed": 3}))
     assert replay(capsys, path, "--seeds", "5") == (1, [
         f"FAIL {path}: use-after-free under 2/5 seeds (first: seed 4): node 'node1' was freed",
+        "    verdicts: ok 3 (first: seed 3), use-after-free 2 (first: seed 4)",
         "0 passed, 1 failed"], "")
 
 
