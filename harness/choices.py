@@ -74,19 +74,25 @@ class PCTSource(ChoiceSource):
     """Probabilistic concurrency testing (Burckhardt et al., ASPLOS 2010).
 
     Every runnable item the scheduler offers is named by a key (``keys``:
-    "co:drive0", "bh:job_exit:node4", ...): keys play PCT's threads. Each key
-    gets a random priority the first time it is seen, and a decision always
-    runs the offered key of highest priority. ``depth - 1`` change points,
-    drawn uniformly from the first ``n_steps_estimate`` decisions, drop the
-    key chosen there below every other priority. A bug of depth ``d`` is then
-    hit with probability at least ``1/(n * k**(d-1))`` per run, for ``n``
-    keys and ``k`` decisions (:func:`pct_bound`).
+    "timer:drive0", "io:node4", "bh:job_exit:node4", ...). The items of one
+    job (its coroutine's timer and I/O, its ``job_exit`` bottom half) are one
+    sequential activity, so the *thread* of a key is its last ``:``-separated
+    part, the job id (``thread_of``). Each thread gets a random priority the
+    first time it is seen, and a decision always runs the offered item whose
+    thread has the highest priority (the first such item: the oldest).
+    ``depth - 1`` change points, drawn uniformly from the first
+    ``n_steps_estimate`` decisions, drop the thread chosen there below every
+    other. A bug of depth ``d`` is then hit with probability at least
+    ``1/(n * k**(d-1))`` per run, for ``n`` threads and ``k`` decisions
+    (:func:`pct_bound`).
 
     Decisions without keys (the case generator's) are seeded random.
     """
 
-    def __init__(self, seed: int, depth: int = 2, n_steps_estimate: int = 50) -> None:
+    def __init__(self, seed: int, depth: int = 2, n_steps_estimate: int = 50,
+                 thread_of=None) -> None:
         super().__init__()
+        self.thread_of = thread_of or job_thread
         if depth < 1 or n_steps_estimate < 1:
             raise ValueError("PCT needs depth >= 1 and n_steps_estimate >= 1")
         self.seed = seed
@@ -102,25 +108,32 @@ class PCTSource(ChoiceSource):
         if keys is None:
             return self.rng.randrange(n)
         self.steps += 1
-        for key in keys:
-            if key not in self.priorities:
+        threads = [self.thread_of(k) for k in keys]
+        for t in threads:
+            if t not in self.priorities:
                 # initial priorities lie above every change-point priority
-                self.priorities[key] = self.depth + self.rng.random()
-        best = self._highest(keys)
+                self.priorities[t] = self.depth + self.rng.random()
+        best = self._highest(threads)
         low = self.change_points.get(self.steps)
         if low is not None:
-            self.priorities[keys[best]] = low
-            best = self._highest(keys)
+            self.priorities[threads[best]] = low
+            best = self._highest(threads)
         return best
 
-    def _highest(self, keys: Sequence[Hashable]) -> int:
+    def _highest(self, threads: list) -> int:
         priorities = self.priorities
-        return max(range(len(keys)), key=lambda i: priorities[keys[i]])
+        top = max(priorities[t] for t in threads)
+        return next(i for i, t in enumerate(threads) if priorities[t] == top)
 
     @property
     def threads(self) -> int:
-        """How many distinct keys this run has seen (PCT's n)."""
+        """How many distinct threads this run has seen (PCT's n)."""
         return len(self.priorities)
+
+
+def job_thread(key: Hashable) -> Hashable:
+    """The thread of a scheduler key: its last ``:``-separated part (a job id)."""
+    return key.rsplit(":", 1)[-1] if isinstance(key, str) else key
 
 
 def pct_bound(threads: int, steps: int, depth: int) -> float:
@@ -179,6 +192,12 @@ class HypothesisSource(ChoiceSource):
     decisions (those with ``keys``) come from :data:`SCHEDULER_RANDOM`,
     registered with ``hypothesis.register_random`` and seeded through
     ``st.random_module()``: hypothesis then shrinks the seed, not the schedule.
+
+    Draws go straight to the test case's ``ConjectureData.draw_integer``
+    where this hypothesis has it: the same choice sequence (and shrinking)
+    as ``data.draw(st.integers(0, n - 1))``, without the per-draw
+    bookkeeping for the printed example, which costs 7x more and which a
+    case file makes unnecessary.
     """
 
     def __init__(self, data, schedule: str = "draw") -> None:
@@ -188,7 +207,9 @@ class HypothesisSource(ChoiceSource):
         from hypothesis import strategies as st
         self.data = data
         self.schedule = schedule
-        self._integers = st.integers
+        raw = getattr(getattr(data, "conjecture_data", None), "draw_integer", None)
+        self._draw = (lambda n: raw(0, n - 1)) if raw is not None else \
+            (lambda n: data.draw(st.integers(0, n - 1)))
         if schedule == "random":
             _register_scheduler_random()
             data.draw(st.random_module())
@@ -196,7 +217,7 @@ class HypothesisSource(ChoiceSource):
     def _pick(self, n: int, label: str, keys: Sequence[Hashable] | None) -> int:
         if keys is not None and self.schedule == "random":
             return SCHEDULER_RANDOM.randrange(n)
-        return self.data.draw(self._integers(0, n - 1))
+        return self._draw(n)
 
 
 _registered = False

@@ -1,0 +1,244 @@
+"""``blockfuzz minimize``: shrink a finding to its smallest form, same finding kind.
+
+Three passes, repeated until none makes progress (syzkaller's
+``prog/minimization.go`` order, then CHESS's preemption bounding for the
+schedule):
+
+1. commands: drop runs of commands, then single ones, then optional
+   arguments;
+2. the chain: drop writes, then whole images;
+3. the schedule: cut the recorded choices short (past its end every choice
+   is 0, the first runnable item), then zero single choices. A non-zero
+   choice is a *preemption*: the scheduler ran something other than the
+   oldest ready item, so the result needs as few of those as it can.
+
+A candidate is kept when it is a valid case and its run gives the same
+finding kind. Every run is on the model, so the whole search is bounded by
+``max_runs``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable, Sequence
+
+from harness import case as case_mod
+from harness.case import Case, Command
+from harness.errors import CaseError, UsageError
+
+#: arguments a command needs to mean anything; the rest may be dropped
+ESSENTIAL_ARGUMENTS = frozenset({"device", "id", "offset", "length", "pattern", "count"})
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run as the minimizer sees it: the verdict kind and the choices consumed."""
+
+    kind: str
+    choices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Minimized:
+    case: Case
+    kind: str
+    runs: int               # model runs spent
+    before: Case
+
+    @property
+    def preemptions(self) -> int:
+        return preemptions(self.case)
+
+
+def preemptions(case: Case) -> int:
+    """How many recorded scheduler choices are not 0 (not the oldest ready item)."""
+    return sum(1 for c in case.schedule.get("choices", ()) if c)
+
+
+def run_on_model(case: Case) -> Run:
+    """Run ``case`` on the reference model with its own schedule and bugs, and judge it."""
+    from harness.backends.reference import run_case
+    from harness.corpus import judge
+    observation = run_case(case)
+    return Run(judge(case, observation).kind, tuple(observation.choices))
+
+
+class _Search:
+    """The state of one minimization: the best case so far and the run budget."""
+
+    def __init__(self, case: Case, kind: str, run: Callable[[Case], Run], max_runs: int):
+        self.best = case
+        self.kind = kind
+        self.run = run
+        self.runs = 0
+        self.max_runs = max_runs
+
+    @property
+    def exhausted(self) -> bool:
+        return self.runs >= self.max_runs
+
+    def attempt(self, candidate: Case) -> bool:
+        """Keep ``candidate`` if it is valid and gives the same kind."""
+        if self.exhausted or candidate == self.best:
+            return False
+        try:
+            candidate = case_mod.from_dict(candidate.to_dict())
+        except CaseError:
+            return False
+        self.runs += 1
+        result = self.run(candidate)
+        if result.kind != self.kind:
+            return False
+        self.best = with_choices(candidate, result.choices)
+        return True
+
+
+def with_choices(case: Case, choices: Sequence[int]) -> Case:
+    """``case`` with the recorded schedule ``choices``, trailing zeros dropped."""
+    choices = list(choices)
+    while choices and choices[-1] == 0:
+        choices.pop()
+    return replace(case, schedule={"choices": choices})
+
+
+def minimize(case: Case, kind: str | None = None, run: Callable[[Case], Run] = run_on_model,
+             max_runs: int = 3000) -> Minimized:
+    """Shrink ``case`` keeping its finding kind (``kind``, or what it gives now).
+
+    :raise UsageError: when the case gives ``ok`` (there is nothing to keep).
+    """
+    first = run(case)
+    kind = kind or first.kind
+    name = case.path or "case"
+    if first.kind == "ok":
+        raise UsageError(f"{name}: gives verdict 'ok'; minimize needs a case that shows a finding")
+    if first.kind != kind:
+        raise UsageError(f"{name}: gives verdict '{first.kind}', not the expected '{kind}'; "
+                         "correct its expect, or put other bugs back with --bugs")
+    search = _Search(with_choices(case, first.choices), kind, run, max_runs)
+    search.runs = 1
+    progress = True
+    while progress and not search.exhausted:
+        before = search.best
+        for shrink in PASSES:
+            shrink(search)
+        progress = search.best != before
+    return Minimized(search.best, kind, search.runs, case)
+
+
+# -- pass 1: commands -------------------------------------------------------------
+
+def shrink_commands(search: _Search) -> None:
+    _drop_chunks(search, lambda c: c.commands, lambda c, items: replace(c, commands=tuple(items)))
+    for i in range(len(search.best.commands)):
+        for key in _optional_arguments(search.best.commands, i):
+            commands = list(search.best.commands)
+            args = {k: v for k, v in commands[i].arguments.items() if k != key}
+            commands[i] = Command(commands[i].execute, args)
+            search.attempt(replace(search.best, commands=tuple(commands)))
+
+
+def _optional_arguments(commands: Sequence[Command], i: int) -> list[str]:
+    if i >= len(commands):
+        return []
+    return [k for k in commands[i].arguments if k not in ESSENTIAL_ARGUMENTS]
+
+
+def _drop_chunks(search: _Search, get: Callable, put: Callable) -> None:
+    """Remove runs of items (halves, quarters, ... single ones), last ones first."""
+    size = max(1, len(get(search.best)) // 2)
+    while size >= 1 and not search.exhausted:
+        end = len(get(search.best))
+        while end > 0 and not search.exhausted:
+            start = max(0, end - size)
+            items = list(get(search.best))
+            search.attempt(put(search.best, items[:start] + items[end:]))
+            end = min(start, len(get(search.best)))
+        size //= 2
+
+
+# -- pass 2: the chain ------------------------------------------------------------
+
+def shrink_images(search: _Search) -> None:
+    for i in range(len(search.best.images) - 1, -1, -1):
+        if i < len(search.best.images) and search.best.images[i].writes:
+            images = list(search.best.images)
+            images[i] = replace(images[i], writes=())
+            if not search.attempt(replace(search.best, images=tuple(images))):
+                _drop_writes(search, i)
+    # a case with no image left is not valid, so attempt() refuses it
+    _drop_chunks(search, lambda c: c.images, lambda c, items: replace(c, images=tuple(items)))
+
+
+def _drop_writes(search: _Search, i: int) -> None:
+    for w in range(len(search.best.images[i].writes) - 1, -1, -1):
+        images = list(search.best.images)
+        writes = images[i].writes
+        images[i] = replace(images[i], writes=writes[:w] + writes[w + 1:])
+        search.attempt(replace(search.best, images=tuple(images)))
+
+
+# -- pass 3: the schedule ---------------------------------------------------------
+
+def shrink_schedule(search: _Search) -> None:
+    def choices(c: Case) -> list[int]:
+        return list(c.schedule.get("choices", ()))
+
+    _drop_chunks(search, choices, lambda c, items: replace(c, schedule={"choices": items}))
+    for i in range(len(choices(search.best)) - 1, -1, -1):
+        current = choices(search.best)
+        if i < len(current) and current[i]:
+            search.attempt(replace(search.best, schedule={"choices": current[:i] + [0] + current[i + 1:]}))
+
+
+PASSES: tuple[Callable[[_Search], None], ...] = (shrink_commands, shrink_images, shrink_schedule)
+
+
+# -- the command line -------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("case", metavar="CASE", help="a case file that shows a finding")
+    parser.add_argument("-o", "--output", metavar="OUT",
+                        help="where to write the result (default: CASE with -min before .json)")
+    parser.add_argument("--bugs", metavar="ID,...", help="put these bugs back (default: the case's)")
+    parser.add_argument("--max-runs", type=int, default=3000, metavar="N",
+                        help="model runs to spend at most (default: %(default)s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from reference.bugs import UnknownBug, validate
+    case = case_mod.load(args.case)
+    if args.bugs is not None:
+        try:
+            case = replace(case, bugs=validate(b for b in args.bugs.split(",") if b))
+        except UnknownBug as e:
+            raise UsageError(f"unknown bug id {e}; `blockfuzz bugs` lists them") from None
+    expected = (case.expect or {}).get("verdict") if args.bugs is None else None
+    result = minimize(case, kind=expected if expected not in (None, "ok") else None,
+                      max_runs=args.max_runs)
+    out = args.output or _default_output(args.case)
+    final = replace(result.case, expect={"verdict": result.kind}, path=None)
+    case_mod.save(final, out)
+    print(describe(result))
+    print(f"wrote {out}")
+    return 0
+
+
+def _default_output(path: str) -> str:
+    root, ext = os.path.splitext(path)
+    return f"{root}-min{ext or '.json'}"
+
+
+def describe(result: Minimized) -> str:
+    """One line: what the minimization kept of the case."""
+    a, b = result.before, result.case
+    writes = lambda c: sum(len(i.writes) for i in c.images)  # noqa: E731
+    return (f"{result.kind}: {len(a.commands)} -> {len(b.commands)} commands, "
+            f"{len(a.images)} -> {len(b.images)} images, {writes(a)} -> {writes(b)} writes, "
+            f"{len(b.schedule.get('choices', ()))} choices "
+            f"({_plural(result.preemptions, 'preemption')}), {result.runs} runs")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")

@@ -1,0 +1,99 @@
+"""Minimization: fewer commands, images and writes, then the shortest schedule, same kind."""
+import pytest
+
+from harness import case as case_mod
+from harness.backends.reference import run_case
+from harness.case import Case, Command, Image, Write
+from harness.check import check
+from harness.cli import main
+from harness.errors import UsageError
+from harness.minimize import Run, describe, minimize, preemptions, with_choices
+
+CASE = Case(
+    images=tuple(Image(f"node{i}", writes=(Write(0, 65536, i + 1),)) for i in range(4)),
+    commands=(Command("x-step", {"count": 4}),
+              Command("block-stream", {"device": "node2", "speed": 0, "job-id": "node2"}),
+              Command("x-wait-jobs"),
+              Command("x-step", {"count": 2})),
+    schedule={"choices": [5, 2, 0, 3, 0]})
+
+
+def fake_run(case):
+    """'hang' iff there is an x-wait-jobs, an image node1, and the second choice is 2."""
+    choices = list(case.schedule.get("choices", ()))
+    hang = (any(c.execute == "x-wait-jobs" for c in case.commands)
+            and any(i.node_name == "node1" for i in case.images)
+            and len(choices) > 1 and choices[1] == 2)
+    return Run("hang" if hang else "ok", tuple(choices) + (0,))
+
+
+def test_minimize_drops_what_the_finding_does_not_need():
+    result = minimize(CASE, run=fake_run)
+    assert result.kind == "hang"
+    assert result.case.commands == (Command("x-wait-jobs"),)
+    assert result.case.images == (Image("node1"),)
+    assert result.case.schedule == {"choices": [0, 2]}
+    assert result.preemptions == 1
+    assert result.runs < 100
+    assert describe(result) == (f"hang: 4 -> 1 commands, 4 -> 1 images, 4 -> 0 writes, "
+                                f"2 choices (1 preemption), {result.runs} runs")
+
+
+def test_minimize_drops_optional_arguments_it_does_not_need():
+    def run(case):
+        stream = [c for c in case.commands if c.execute == "block-stream"]
+        return Run("hang" if stream and "job-id" in stream[0].arguments else "ok", ())
+    result = minimize(CASE, run=run)
+    assert result.case.commands == (Command("block-stream", {"device": "node2", "job-id": "node2"}),)
+
+
+def test_minimize_stops_at_its_run_budget():
+    result = minimize(CASE, run=fake_run, max_runs=3)
+    assert result.runs == 3
+    assert fake_run(result.case).kind == "hang"
+
+
+def test_minimize_refuses_a_case_without_a_finding():
+    with pytest.raises(UsageError, match="gives verdict 'ok'; minimize needs a case that shows a finding"):
+        minimize(CASE, run=lambda c: Run("ok", ()))
+    with pytest.raises(UsageError, match="gives verdict 'hang', not the expected 'use-after-free'; "
+                                         "correct its expect, or put other bugs back with --bugs"):
+        minimize(CASE, kind="use-after-free", run=fake_run)
+
+
+def test_with_choices_drops_trailing_zeros_and_preemptions_counts_the_rest():
+    case = with_choices(CASE, [0, 3, 0, 1, 0, 0])
+    assert case.schedule == {"choices": [0, 3, 0, 1]}
+    assert preemptions(case) == 2
+    assert preemptions(with_choices(CASE, [])) == 0
+
+
+@pytest.mark.parametrize("bug,kind", [("stream-prepare-no-drain", "use-after-free"),
+                                      ("stream-prepare-ref-only", "wrong-backing")])
+def test_the_030_regression_minimizes_within_the_seed_scenario(tmp_path, capsys, bug, kind):
+    src = f"corpus/regressions/overlapping_5-{bug}.json"
+    out = tmp_path / "min.json"
+    assert main(["minimize", src, "-o", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{kind}: 4 -> ")
+    assert lines[1] == f"wrote {out}"
+    small = case_mod.load(str(out))
+    assert len(small.images) <= 6 and len(small.commands) <= 5
+    assert small.expect == {"verdict": kind}
+    for _ in range(2):
+        assert check(small, run_case(small)).kind == kind
+
+
+def test_minimize_cli_default_output_and_bug_override(tmp_path, capsys):
+    src = tmp_path / "case.json"
+    case_mod.save(case_mod.load("corpus/regressions/overlapping_5-stream-prepare-ref-only.json"), str(src))
+    assert main(["minimize", str(src), "--bugs", "stream-prepare-no-drain", "--max-runs", "50"]) == 0
+    assert (tmp_path / "case-min.json").exists()
+    assert case_mod.load(str(tmp_path / "case-min.json")).bugs == ("stream-prepare-no-drain",)
+
+
+def test_minimize_cli_rejects_unknown_bugs_and_ok_cases(capsys):
+    assert main(["minimize", "corpus/seeds/030/test_overlapping_5.json", "--bugs", "nope"]) == 2
+    assert "unknown bug id 'nope'" in capsys.readouterr().err
+    assert main(["minimize", "corpus/seeds/030/test_overlapping_1.json"]) == 2
+    assert "gives verdict 'ok'" in capsys.readouterr().err
