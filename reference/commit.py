@@ -180,7 +180,11 @@ class MirrorCommitJob(Job):
         self.dirty = _add_range(self.dirty, start, end)
 
     def driver_drained_poll(self) -> bool:
-        return self.m.io_in_flight > 0
+        """mirror_drained_poll: a mirror that is neither paused nor cancelled may issue
+        more requests, unless the drain is its own (``in_drain``)."""
+        if not self.paused and not self.is_cancelled() and not self.in_drain:
+            return True
+        return self.in_flight > 0
 
     def driver_cancel(self, force: bool) -> bool:
         return force or self.status not in ("ready", "standby")
@@ -204,6 +208,7 @@ class MirrorCommitJob(Job):
         if self.exited:
             return 0
         self.exited = True
+        self.in_drain = True
         m = self.m
         src, mt, target = self.src_bs, self.mirror_top_bs, self.target_bs
         ret = 0
@@ -271,6 +276,7 @@ def commit_active_start(m, job_id, bs, base, *, speed, on_error, filter_node_nam
     job.base_read_only = base_read_only
     job.should_complete = False
     job.exited = False
+    job.in_drain = False
     job.dirty = []
     job.base_overlay = bdrv_find_overlay(bs, base)
     job.target_blk = m.blk_new(base)

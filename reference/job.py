@@ -91,6 +91,7 @@ class Job:
         self.slice_end = -1
         self.dispatched = 0
         self.freed = False
+        self.in_flight = 0
         self.transition("created")
         self.add_bdrv("main node", main_bs)
         if speed:
@@ -215,7 +216,9 @@ class Job:
     def io(self) -> Generator:
         """An I/O request: the coroutine waits (still busy) for its completion."""
         self.m.io_in_flight += 1
+        self.in_flight += 1
         yield YIELD_IO
+        self.in_flight -= 1
         self.m.io_in_flight -= 1
 
     def ratelimit_calculate_delay(self, n: int) -> int:
