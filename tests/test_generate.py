@@ -35,7 +35,8 @@ def test_no_choices_give_the_plainest_case():
         "images": [{"node-name": "node0", "size": 1 << 20, "cluster-size": 64 << 10}]
         + [{"node-name": f"node{i}"} for i in range(1, 6)],
         "bugs": [],
-        "commands": [{"execute": "block-commit", "arguments": {"device": "drive0", "top-node": "node0"}}],
+        "commands": [{"execute": "block-commit",
+                      "arguments": {"device": "drive0", "top-node": "node1", "base-node": "node0"}}],
         "schedule": {"choices": []},
     }
 
