@@ -31,7 +31,7 @@ class CellCoverage:
         self.first: dict[str, int] = {}
 
     def add(self, cells: Iterable[str], run: int) -> list[str]:
-        """Record ``cells`` reached by ``run``; return the ones new to the campaign."""
+        """Record ``cells`` reached by ``run`` (0: a corpus case); return the new ones."""
         new = [c for c in cells if c not in self.first]
         for c in new:
             self.first[c] = run
@@ -45,6 +45,7 @@ class CellCoverage:
 
     def lines(self) -> list[str]:
         """One line per cell reached, in the order reached, then the required ones missed."""
-        out = [f"  {c}  (first at run {r})" for c, r in sorted(self.first.items(), key=lambda x: x[1])]
+        out = [f"  {c}  ({f'first at run {r}' if r else 'the corpus'})"
+               for c, r in sorted(self.first.items(), key=lambda x: x[1])]
         out += [f"  NOT REACHED: {c}" for c in self.missing()]
         return out

@@ -8,13 +8,15 @@ schedule):
    arguments;
 2. the chain: drop writes, then whole images;
 3. the schedule: cut the recorded choices short (past its end every choice
-   is 0, the first runnable item), then zero single choices. A non-zero
+   is 0, the first runnable item), then drop, zero or lower single choices. A non-zero
    choice is a *preemption*: the scheduler ran something other than the
    oldest ready item, so the result needs as few of those as it can.
 
 A candidate is kept when it is a valid case and its run gives the same
-finding kind. Every run is on the model, so the whole search is bounded by
-``max_runs``.
+finding: the same kind, and where the first run said where (the signature
+of :mod:`harness.corpus`), so a use-after-free in ``stream_prepare`` is not
+traded for another one elsewhere. Every run is on the model, so the whole
+search is bounded by ``max_runs``.
 """
 from __future__ import annotations
 
@@ -33,10 +35,11 @@ ESSENTIAL_ARGUMENTS = frozenset({"device", "id", "offset", "length", "pattern", 
 
 @dataclass(frozen=True)
 class Run:
-    """One run as the minimizer sees it: the verdict kind and the choices consumed."""
+    """One run as the minimizer sees it: the verdict kind, where, and the choices consumed."""
 
     kind: str
     choices: tuple[int, ...]
+    where: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,15 +64,17 @@ def run_on_model(case: Case) -> Run:
     from harness.backends.reference import run_case
     from harness.corpus import judge
     observation = run_case(case)
-    return Run(judge(case, observation).kind, tuple(observation.choices))
+    outcome = judge(case, observation)
+    return Run(outcome.kind, tuple(observation.choices), outcome.where)
 
 
 class _Search:
     """The state of one minimization: the best case so far and the run budget."""
 
-    def __init__(self, case: Case, kind: str, run: Callable[[Case], Run], max_runs: int):
+    def __init__(self, case: Case, kind: str, where: str, run: Callable[[Case], Run], max_runs: int):
         self.best = case
         self.kind = kind
+        self.where = where
         self.run = run
         self.runs = 0
         self.max_runs = max_runs
@@ -88,7 +93,7 @@ class _Search:
             return False
         self.runs += 1
         result = self.run(candidate)
-        if result.kind != self.kind:
+        if (result.kind, result.where) != (self.kind, self.where):
             return False
         self.best = with_choices(candidate, result.choices)
         return True
@@ -104,7 +109,7 @@ def with_choices(case: Case, choices: Sequence[int]) -> Case:
 
 def minimize(case: Case, kind: str | None = None, run: Callable[[Case], Run] = run_on_model,
              max_runs: int = 3000) -> Minimized:
-    """Shrink ``case`` keeping its finding kind (``kind``, or what it gives now).
+    """Shrink ``case`` keeping its finding (``kind``, or what it gives now, and where).
 
     :raise UsageError: when the case gives ``ok`` (there is nothing to keep).
     """
@@ -116,7 +121,7 @@ def minimize(case: Case, kind: str | None = None, run: Callable[[Case], Run] = r
     if first.kind != kind:
         raise UsageError(f"{name}: gives verdict '{first.kind}', not the expected '{kind}'; "
                          "correct its expect, or put other bugs back with --bugs")
-    search = _Search(with_choices(case, first.choices), kind, run, max_runs)
+    search = _Search(with_choices(case, first.choices), kind, first.where, run, max_runs)
     search.runs = 1
     progress = True
     while progress and not search.exhausted:
@@ -182,14 +187,23 @@ def _drop_writes(search: _Search, i: int) -> None:
 # -- pass 3: the schedule ---------------------------------------------------------
 
 def shrink_schedule(search: _Search) -> None:
+    """Cut the schedule short, then for each preemption (from the last): drop it (the
+    later choices move up), or make it 0, or make it 1."""
     def choices(c: Case) -> list[int]:
         return list(c.schedule.get("choices", ()))
 
-    _drop_chunks(search, choices, lambda c, items: replace(c, schedule={"choices": items}))
+    def put(c: Case, items: list[int]) -> Case:
+        return replace(c, schedule={"choices": items})
+
+    _drop_chunks(search, choices, put)
     for i in range(len(choices(search.best)) - 1, -1, -1):
         current = choices(search.best)
-        if i < len(current) and current[i]:
-            search.attempt(replace(search.best, schedule={"choices": current[:i] + [0] + current[i + 1:]}))
+        if i >= len(current) or not current[i]:
+            continue
+        for candidate in (current[:i] + current[i + 1:], current[:i] + [0] + current[i + 1:],
+                          current[:i] + [1] + current[i + 1:]):
+            if candidate != current and search.attempt(put(search.best, candidate)):
+                break
 
 
 PASSES: tuple[Callable[[_Search], None], ...] = (shrink_commands, shrink_images, shrink_schedule)

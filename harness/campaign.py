@@ -1,0 +1,729 @@
+"""``blockfuzz fuzz``: a fuzz campaign on the model.
+
+Four engines draw cases through the one grammar (:mod:`harness.generate`)
+and differ only in where the choices come from:
+
+``random``      seeded uniform choices (:class:`~harness.choices.RandomSource`), the baseline;
+``pct``         the same for the grammar, PCT priorities for the scheduler
+                (:class:`~harness.choices.PCTSource`); prints the bound it achieved;
+``hypothesis``  ``st.data()`` (:class:`~harness.choices.HypothesisSource`): hypothesis
+                shrinks commands and schedule together; the ``ci`` profile when ``CI`` is set;
+``atheris``     libFuzzer bytes read from the front (:class:`~harness.choices.BytesSource`),
+                ``fuzz_targets/stream_commit_fuzzer.py`` run in a subprocess.
+
+Every run is judged (the model's own faults, then the oracle); a finding is
+minimized, replayed twice and written to the findings directory
+(:mod:`harness.corpus`), once per signature. Scenario cells are accumulated
+(:mod:`harness.cells`). A live status line shows runs, runs/s, cells,
+findings by kind and elapsed time; Ctrl-C stops the campaign, keeps what it
+wrote and prints the summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import queue as queue_mod
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+from harness import case as case_mod
+from harness.case import Case
+from harness.cells import REQUIRED, CellCoverage
+from harness.choices import PCTSource, RandomSource, pct_bound
+from harness.corpus import FindingStore, Outcome, StoredFinding, iter_cases, judge
+from harness.errors import UsageError
+from harness.generate import run_generated
+
+ENGINES = ("random", "pct", "hypothesis", "atheris")
+DEFAULT_RUNS = 1000
+PCT_FIRST_ESTIMATE = 50     # PCT's k before the first run has measured it
+FOCUS_MAX = 32              # extra PCT schedules at most for a case that reached a rare cell
+FOCUS_SCALE = 0.2           # ... FOCUS_SCALE / (share of runs that reached its rarest cell)
+HYPOTHESIS_CHUNK = 50       # examples per hypothesis call (a fresh seed each)
+MINIMIZE_RUNS = 2000        # model runs a campaign spends minimizing one finding
+TARGET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "fuzz_targets", "stream_commit_fuzzer.py")
+STATUS_PREFIX = "#blockfuzz "
+
+
+def run_seed(seed: int, index: int) -> int:
+    """The seed of run ``index`` of a campaign seeded ``seed``."""
+    return (seed << 32) | index
+
+
+@dataclass
+class Budget:
+    runs: int | None = None
+    seconds: float | None = None
+
+    def spent(self, runs: int, elapsed: float) -> bool:
+        return (self.runs is not None and runs >= self.runs) or \
+            (self.seconds is not None and elapsed >= self.seconds)
+
+
+@dataclass(frozen=True)
+class FirstFinding:
+    runs: int
+    seconds: float
+    kind: str
+
+
+@dataclass
+class Stats:
+    """What a campaign has done so far."""
+
+    started: float = field(default_factory=time.perf_counter)
+    runs: int = 0
+    seeds: int = 0                       # corpus cases replayed before generating
+    cells: CellCoverage = field(default_factory=CellCoverage)
+    kinds: Counter = field(default_factory=Counter)    # distinct signatures by kind
+    duplicates: int = 0
+    findings: list[StoredFinding] = field(default_factory=list)
+    first: FirstFinding | None = None
+    pct_threads: int = 0
+    pct_steps: int = 0
+    focus_runs: int = 0
+    cell_runs: Counter = field(default_factory=Counter)   # cell -> runs that reached it
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def runs_per_second(self) -> float:
+        return self.runs / max(self.elapsed, 1e-9)
+
+
+@dataclass
+class Config:
+    engine: str = "random"
+    bugs: tuple[str, ...] = ()
+    seed: int = 0
+    budget: Budget = field(default_factory=lambda: Budget(runs=DEFAULT_RUNS))
+    depth: int = 3                   # PCT: runs cycle through depths 1..depth
+    jobs: int = 1
+    minimize: bool = True
+    stop_at_first: bool = False
+    mutator: str = "structure"       # atheris: structure-aware or plain byte mutation
+    only: str | None = None          # count only findings with this signature (timing one bug)
+
+
+class Campaign:
+    """One campaign: the budget, the statistics, and what happens to a finding.
+
+    ``store`` None keeps findings in memory only (time-to-first-finding runs,
+    workers of a parallel campaign, which send them to ``sink`` instead).
+    """
+
+    def __init__(self, config: Config, store: FindingStore | None = None,
+                 sink: Callable[[tuple], None] | None = None,
+                 on_progress: Callable[["Campaign"], None] | None = None):
+        self.config = config
+        self.store = store
+        self.sink = sink
+        self.on_progress = on_progress
+        self.stats = Stats()
+        self.signatures: set[str] = set()
+        self.stopped = False
+
+    def done(self) -> bool:
+        return self.stopped or self.config.budget.spent(self.stats.runs, self.stats.elapsed)
+
+    def observe(self, case: Case, observation, outcome: Outcome) -> None:
+        """Account for one generated run."""
+        self.stats.runs += 1
+        cells = observation.extra.get("cells", ())
+        self.stats.cell_runs.update(cells)
+        new = self.stats.cells.add(cells, self.stats.runs)
+        if self.sink is not None and new:
+            self.sink(("cells", new))
+        if self.interesting(outcome):
+            self.found(case, outcome)
+        if self.on_progress is not None:
+            self.on_progress(self)
+
+    def note_pct(self, source: PCTSource) -> None:
+        self.stats.pct_threads = max(self.stats.pct_threads, source.threads)
+        self.stats.pct_steps = max(self.stats.pct_steps, source.steps)
+
+    def focus_energy(self, observation) -> int:
+        """How many more schedules this run's case deserves: the rarer the rarest cell it
+        reached (the share of runs that reached it), the more (AFL's energy, with
+        scenario cells for edges)."""
+        cells = observation.extra.get("cells", ())
+        if not cells or not self.stats.runs:
+            return 0
+        share = min(self.stats.cell_runs[x] for x in cells) / self.stats.runs
+        return min(FOCUS_MAX, int(FOCUS_SCALE / max(share, 1e-6)))
+
+    def interesting(self, outcome: Outcome) -> bool:
+        only = self.config.only
+        return outcome.kind != "ok" and (only is None or outcome.signature == only)
+
+    def found(self, case: Case, outcome: Outcome) -> None:
+        stats = self.stats
+        if stats.first is None:
+            stats.first = FirstFinding(stats.runs, stats.elapsed, outcome.kind)
+        if self.config.stop_at_first:
+            self.stopped = True
+        if outcome.signature in self.signatures or (self.store and self.store.known(outcome)):
+            stats.duplicates += 1
+            return
+        self.signatures.add(outcome.signature)
+        stats.kinds[outcome.kind] += 1
+        if self.sink is not None:
+            self.sink(("finding", case.to_json(), outcome.kind, outcome.where, outcome.message))
+        if self.store is not None:
+            stored = keep_finding(self.store, case, outcome, self.config.minimize)
+            if stored is not None:
+                stats.findings.append(stored)
+
+
+def keep_finding(store: FindingStore, case: Case, outcome: Outcome,
+                 minimize_it: bool = True) -> StoredFinding | None:
+    """Minimize a new finding (same kind) and write it, replayed twice."""
+    if minimize_it:
+        from harness.backends.reference import run_case
+        from harness.minimize import minimize
+        small = minimize(case, outcome.kind, max_runs=MINIMIZE_RUNS).case
+        shrunk = judge(small, run_case(small))
+        if shrunk.kind == outcome.kind:
+            return store.add(small, shrunk, aliases=(outcome.signature,))
+    return store.add(case, outcome)
+
+
+# -- engines ----------------------------------------------------------------------
+
+def run_random(c: Campaign, first: int = 0, stride: int = 1) -> None:
+    index = first
+    while not c.done():
+        c.observe(*run_generated(RandomSource(run_seed(c.config.seed, index)), c.config.bugs))
+        index += stride
+
+
+def run_pct(c: Campaign, first: int = 0, stride: int = 1) -> None:
+    """PCT schedules, iterative deepening over depths 1..``depth``, and *focus*: a case
+    that reached a rare scenario cell is run again under more PCT schedules
+    (:meth:`Campaign.focus_energy`): its commands reached a dangerous precondition, so
+    its interleavings are worth more than a fresh case's."""
+    index = first
+    while not c.done():
+        source = _pct_source(c, run_seed(c.config.seed, index), index)
+        case, observation, outcome = run_generated(source, c.config.bugs)
+        c.note_pct(source)
+        c.observe(case, observation, outcome)
+        energy = c.focus_energy(observation) if outcome.kind == "ok" else 0
+        if energy:
+            _focus(c, case, index, energy)
+        index += stride
+
+
+def _pct_source(c: Campaign, seed: int, index: int) -> PCTSource:
+    depth = 1 + index % c.config.depth
+    return PCTSource(seed, depth, max(c.stats.pct_steps, PCT_FIRST_ESTIMATE if not c.stats.runs else 1))
+
+
+def _focus(c: Campaign, case: Case, index: int, runs: int) -> None:
+    from harness.backends.reference import run_case
+    for j in range(runs):
+        if c.done():
+            return
+        source = _pct_source(c, run_seed(c.config.seed, index) ^ ((j + 1) << 48), j)
+        observation = run_case(case, source)
+        c.stats.focus_runs += 1
+        c.note_pct(source)
+        c.observe(replace(case, schedule={"choices": list(source.recorded)}), observation,
+                  judge(case, observation))
+
+
+def run_hypothesis(c: Campaign, first: int = 0, stride: int = 1) -> None:
+    """Call a hypothesis test in chunks, each with its own seed, until the budget is spent.
+
+    A run with a signature not found yet fails the test, so hypothesis
+    shrinks it (commands and schedule together) before the campaign keeps it.
+    """
+    chunk = first
+    while not c.done():
+        found = _hypothesis_chunk(c, run_seed(c.config.seed, chunk))
+        if found is not None:
+            case, outcome = found
+            c.found(case, outcome)
+        chunk += stride
+
+
+class _Interesting(Exception):
+    """Raised inside the hypothesis test for a new signature; one class per signature."""
+
+    classes: dict[str, type] = {}
+
+    @classmethod
+    def for_signature(cls, sig: str) -> type:
+        if sig not in cls.classes:
+            cls.classes[sig] = type(f"Found[{sig}]", (cls,), {})
+        return cls.classes[sig]
+
+
+def _hypothesis_chunk(c: Campaign, seed: int) -> tuple[Case, Outcome] | None:
+    from hypothesis import HealthCheck, Phase, given, settings, strategies as st
+    from hypothesis import seed as hypothesis_seed
+    from harness.choices import HypothesisSource
+
+    base = settings.get_profile("ci") if os.environ.get("CI") else settings.default
+    remaining = HYPOTHESIS_CHUNK if c.config.budget.runs is None else \
+        max(1, min(HYPOTHESIS_CHUNK, c.config.budget.runs - c.stats.runs))
+    # timing the first finding: no shrinking (hypothesis replays the failing example once)
+    phases = (Phase.generate,) if c.config.stop_at_first else (Phase.generate, Phase.shrink)
+    config = settings(base, max_examples=remaining, database=None, deadline=None,
+                      derandomize=False, report_multiple_bugs=False, print_blob=False,
+                      phases=phases, suppress_health_check=list(HealthCheck))
+    last: list = []
+
+    # the budget is checked between chunks only: a test that stopped drawing
+    # half-way through a chunk would look flaky to hypothesis
+    @config
+    @hypothesis_seed(seed)
+    @given(st.data())
+    def prop(data):
+        case, observation, outcome = run_generated(HypothesisSource(data), c.config.bugs)
+        if not c.interesting(outcome) or outcome.signature in c.signatures:
+            c.observe(case, observation, outcome)
+            return
+        c.stats.runs += 1              # counted here; the finding is kept after shrinking
+        if c.stats.first is None:
+            c.stats.first = FirstFinding(c.stats.runs, c.stats.elapsed, outcome.kind)
+        last[:] = [case, outcome]
+        raise _Interesting.for_signature(outcome.signature)(outcome.message)
+
+    try:
+        prop()
+    except _Interesting:
+        return last[0], last[1]
+    return None
+
+
+ENGINE_LOOPS = {"random": run_random, "pct": run_pct, "hypothesis": run_hypothesis}
+
+
+# -- parallel campaigns -----------------------------------------------------------
+
+def _worker(config: Config, first: int, stride: int, out) -> None:
+    """One process of ``--jobs N``: runs ``first, first + stride, ...``; reports to ``out``."""
+    sent = [0.0, 0]
+
+    def progress(c: Campaign) -> None:
+        now = time.perf_counter()
+        if now - sent[0] >= 0.2:
+            out.put(("runs", c.stats.runs - sent[1], c.stats.pct_threads, c.stats.pct_steps))
+            sent[:] = [now, c.stats.runs]
+
+    c = Campaign(config, sink=out.put, on_progress=progress)
+    try:
+        ENGINE_LOOPS[config.engine](c, first, stride)
+    except KeyboardInterrupt:
+        pass
+    out.put(("runs", c.stats.runs - sent[1], c.stats.pct_threads, c.stats.pct_steps))
+    out.put(("done",))
+
+
+def run_parallel(c: Campaign) -> None:
+    """Fan the campaign out over ``jobs`` processes; the parent keeps the findings."""
+    jobs = c.config.jobs
+    budget = c.config.budget
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = []
+    for w in range(jobs):
+        share = None if budget.runs is None else budget.runs // jobs + (w < budget.runs % jobs)
+        config = replace(c.config, jobs=1, budget=Budget(share, budget.seconds))
+        procs.append(ctx.Process(target=_worker, args=(config, w, jobs, out), daemon=True))
+    for p in procs:
+        p.start()
+    try:
+        _collect(c, out, len(procs))
+    finally:
+        for p in procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
+
+
+def _collect(c: Campaign, out, workers: int) -> None:
+    while workers:
+        try:
+            message = out.get(timeout=0.25)
+        except queue_mod.Empty:
+            if c.on_progress:
+                c.on_progress(c)
+            continue
+        workers -= merge_message(c, message)
+
+
+def merge_message(c: Campaign, message: tuple) -> int:
+    """Apply one worker message to the parent campaign; 1 when a worker finished."""
+    what = message[0]
+    if what == "runs":
+        c.stats.runs += message[1]
+        c.stats.pct_threads = max(c.stats.pct_threads, message[2])
+        c.stats.pct_steps = max(c.stats.pct_steps, message[3])
+    elif what == "cells":
+        c.stats.cells.add(message[1], c.stats.runs)
+    elif what == "finding":
+        case = case_mod.from_dict(json.loads(message[1]))
+        c.found(case, Outcome(message[2], message[3], message[4]))
+    if c.on_progress:
+        c.on_progress(c)
+    return 1 if what == "done" else 0
+
+
+# -- atheris ----------------------------------------------------------------------
+
+def atheris_available() -> bool:
+    try:
+        import atheris  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def atheris_command(config: Config, corpus_dir: str, worker: int = 0) -> list[str]:
+    """The libFuzzer command line of one atheris worker."""
+    budget = config.budget
+    cmd = [sys.executable, TARGET, corpus_dir, f"-seed={run_seed(config.seed, worker) % (1 << 31) + 1}",
+           "-max_len=1024", "-print_final_stats=0"]
+    if budget.runs is not None:
+        share = budget.runs // config.jobs + (worker < budget.runs % config.jobs)
+        cmd.append(f"-atheris_runs={share}")
+    if budget.seconds is not None:
+        cmd.append(f"-max_total_time={max(1, int(budget.seconds))}")
+    return cmd
+
+
+ATHERIS_SEEDS = 64          # random inputs libFuzzer starts from, in an empty corpus
+ATHERIS_SEED_LEN = 256
+
+
+def seed_atheris_corpus(corpus_dir: str, seed: int) -> None:
+    """Start an empty libFuzzer corpus from random inputs (as many cases as the random
+    engine's first runs): from the empty input alone, libFuzzer spends its first
+    thousands of runs growing inputs out of all-zero choices."""
+    os.makedirs(corpus_dir, exist_ok=True)
+    if os.listdir(corpus_dir):
+        return
+    rng = RandomSource(run_seed(seed, 1 << 31)).rng
+    for i in range(ATHERIS_SEEDS):
+        with open(os.path.join(corpus_dir, f"seed-{i:03d}"), "wb") as f:
+            f.write(bytes(rng.randrange(256) for _ in range(ATHERIS_SEED_LEN)))
+
+
+def run_atheris(c: Campaign, work_dir: str) -> None:
+    """Run ``jobs`` atheris subprocesses (``atheris.Fuzz`` never returns) and follow their status lines."""
+    if not atheris_available():
+        raise UsageError("the atheris engine needs atheris (pip install 'atheris>=2.3'); "
+                         "the hypothesis, random and pct engines work without it")
+    corpus_dir = os.path.join(work_dir, "atheris-corpus")
+    seed_atheris_corpus(corpus_dir, c.config.seed)
+    staging = tempfile.mkdtemp(prefix="blockfuzz-atheris-")
+    env = dict(os.environ, BLOCKFUZZ_BUGS=",".join(c.config.bugs), BLOCKFUZZ_FINDINGS=staging,
+               BLOCKFUZZ_ONLY=c.config.only or "",
+               BLOCKFUZZ_KEEP_GOING="0" if c.config.stop_at_first else "1",
+               BLOCKFUZZ_STATUS="1", BLOCKFUZZ_MUTATOR=c.config.mutator)
+    lines: queue_mod.Queue = queue_mod.Queue()
+    procs = []
+    for w in range(c.config.jobs):
+        log = open(os.path.join(staging, f"libfuzzer-{w}.log"), "w")
+        p = subprocess.Popen(atheris_command(c.config, corpus_dir, w), env=env, stdout=subprocess.PIPE,
+                             stderr=log, text=True, cwd=work_dir)
+        threading.Thread(target=_pump, args=(p, w, lines), daemon=True).start()
+        procs.append(p)
+    try:
+        _follow_atheris(c, lines, len(procs))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+            p.wait()
+
+
+def _pump(proc: subprocess.Popen, worker: int, lines: queue_mod.Queue) -> None:
+    for line in proc.stdout:
+        if line.startswith(STATUS_PREFIX):
+            lines.put((worker, json.loads(line[len(STATUS_PREFIX):])))
+    lines.put((worker, None))
+
+
+def _follow_atheris(c: Campaign, lines: queue_mod.Queue, workers: int) -> None:
+    runs: dict[int, int] = {}
+    while workers:
+        try:
+            worker, status = lines.get(timeout=0.25)
+        except queue_mod.Empty:
+            if c.on_progress:
+                c.on_progress(c)
+            continue
+        if status is None:
+            workers -= 1
+            continue
+        runs[worker] = status["runs"]
+        c.stats.runs = sum(runs.values())
+        c.stats.cells.add(status.get("cells", ()), c.stats.runs)
+        if "finding" in status:
+            f = status["finding"]
+            if c.stats.first is None:   # the worker's own clock: its start-up is not fuzzing
+                c.stats.first = FirstFinding(c.stats.runs, f["seconds"], f["kind"])
+            c.found(case_mod.load(f["path"]), Outcome(f["kind"], f["where"], f["message"]))
+        if c.on_progress:
+            c.on_progress(c)
+
+
+class FuzzFinding(Exception):
+    """What the atheris target raises for a finding, so libFuzzer writes its crash file too."""
+
+
+class ByteTarget:
+    """``TestOneInput`` of ``fuzz_targets/stream_commit_fuzzer.py``: one run from libFuzzer's bytes.
+
+    Each finding with a new signature is written as a case file into
+    ``findings_dir`` (the bytes' meaning does not survive a change of the
+    grammar; the case file does). With ``keep_going`` the run goes on, else
+    :class:`FuzzFinding` is raised and libFuzzer stops with a crash file.
+    With ``status`` a JSON line (:data:`STATUS_PREFIX`) reports runs, new
+    cells and findings on ``out`` for ``blockfuzz fuzz --engine atheris``.
+    """
+
+    def __init__(self, bugs: tuple[str, ...], findings_dir: str, keep_going: bool = False,
+                 status: bool = False, out=None, only: str | None = None):
+        self.bugs = bugs
+        self.only = only
+        self.findings_dir = findings_dir
+        self.keep_going = keep_going
+        self.status = status
+        self.out = out or sys.stdout
+        self.runs = 0
+        self.cells: set[str] = set()
+        self.signatures: set[str] = set()
+        self.last_report = 0.0
+        self.started: float | None = None
+
+    def __call__(self, data: bytes) -> None:
+        from harness.choices import BytesSource
+        from harness.corpus import content_hash
+        if self.started is None:
+            self.started = time.perf_counter()
+        case, observation, outcome = run_generated(BytesSource(data), self.bugs)
+        self.runs += 1
+        found = outcome.kind != "ok" and (self.only is None or outcome.signature == self.only)
+        status: dict = {}
+        new = [x for x in observation.extra.get("cells", ()) if x not in self.cells]
+        if new:
+            self.cells.update(new)
+            status["cells"] = new
+        if found and outcome.signature not in self.signatures:
+            self.signatures.add(outcome.signature)
+            case = replace(case, expect={"verdict": outcome.kind})
+            path = os.path.join(self.findings_dir, f"{outcome.kind}-{content_hash(case)}.json")
+            case_mod.save(case, path)
+            status["finding"] = {"path": os.path.abspath(path), "kind": outcome.kind,
+                                 "where": outcome.where, "message": outcome.message,
+                                 "seconds": time.perf_counter() - self.started}
+        self.report(status)
+        if found and not self.keep_going:
+            raise FuzzFinding(f"{outcome.signature}: {outcome.message}")
+
+    def report(self, status: dict, force: bool = False) -> None:
+        now = time.perf_counter()
+        if self.status and (status or force or now - self.last_report >= 0.2):
+            status["runs"] = self.runs
+            self.out.write(STATUS_PREFIX + json.dumps(status) + "\n")
+            self.out.flush()
+            self.last_report = now
+
+
+# -- running a campaign -----------------------------------------------------------
+
+def replay_corpus(c: Campaign, directory: str) -> None:
+    """Run every case under ``directory`` with the campaign's bugs: their cells count, findings too."""
+    from harness.backends.reference import run_case
+    for case in iter_cases(directory):
+        case = replace(case, bugs=c.config.bugs, expect=None)
+        observation = run_case(case)
+        c.stats.seeds += 1
+        c.stats.cells.add(observation.extra.get("cells", ()), 0)
+        outcome = judge(case, observation)
+        if outcome.kind != "ok":
+            c.found(replace(case, schedule={"choices": observation.choices}), outcome)
+
+
+def run_campaign(c: Campaign, work_dir: str = ".") -> None:
+    """Run ``c`` with its engine until its budget is spent (or the first finding, if asked)."""
+    engine = c.config.engine
+    if engine == "atheris":
+        run_atheris(c, work_dir)
+    elif c.config.jobs > 1:
+        run_parallel(c)
+    else:
+        ENGINE_LOOPS[engine](c)
+
+
+def time_to_first_finding(engine: str, bug: str, seed: int, max_runs: int,
+                          signature: str | None = None) -> tuple[int, float, str]:
+    """Runs and seconds until ``engine`` first finds something with ``bug`` put back.
+
+    ``signature`` (e.g. ``"use-after-free@bdrv_set_backing_hd"``) counts only
+    findings with that signature; others are run past.
+
+    :returns: ``(runs, seconds, verdict)``; ``verdict`` is ``"ok"`` (and runs
+        is ``max_runs``) when nothing was found within the budget.
+    """
+    config = Config(engine=engine, bugs=(bug,) if bug else (), seed=seed,
+                    budget=Budget(runs=max_runs), minimize=False, stop_at_first=True,
+                    only=signature)
+    c = Campaign(config)
+    with tempfile.TemporaryDirectory(prefix="blockfuzz-ttff-") as work:
+        run_campaign(c, work)
+    if c.stats.first is None:
+        return c.stats.runs, c.stats.elapsed, "ok"
+    return c.stats.first.runs, c.stats.first.seconds, c.stats.first.kind
+
+
+# -- what a person watches ---------------------------------------------------------
+
+def status_line(c: Campaign) -> str:
+    s = c.stats
+    kinds = ", ".join(f"{k} {n}" for k, n in sorted(s.kinds.items())) or "none"
+    return (f"{c.config.engine}: {s.runs:,} runs  {s.runs_per_second:,.0f} runs/s  "
+            f"cells {len(s.cells)}  findings: {kinds}  {_clock(s.elapsed)}")
+
+
+def _clock(seconds: float) -> str:
+    m, sec = divmod(int(seconds), 60)
+    return f"{m}:{sec:02d}"
+
+
+def summary(c: Campaign, interrupted: bool = False) -> list[str]:
+    s = c.stats
+    bugs = ",".join(c.config.bugs) or "none (the fixed model)"
+    lines = [f"{'interrupted' if interrupted else 'done'}: engine {c.config.engine}, bugs {bugs}, "
+             f"seed {c.config.seed}",
+             f"runs {s.runs:,} in {s.elapsed:.1f} s ({s.runs_per_second:,.0f} runs/s)"
+             + (f", after {s.seeds} corpus cases" if s.seeds else "")]
+    lines.append(f"cells reached: {len(s.cells)} ({len(REQUIRED) - len(s.cells.missing())} of "
+                 f"{len(REQUIRED)} required)")
+    lines += s.cells.lines()
+    if s.first is not None:
+        lines.append(f"first finding: {s.first.kind} at run {s.first.runs:,}, after {s.first.seconds:.2f} s")
+    found = ", ".join(f"{k} {n}" for k, n in sorted(s.kinds.items())) or "none"
+    lines.append(f"findings: {found} (duplicates {s.duplicates})")
+    for f in s.findings:
+        lines.append(f"  {f.outcome.signature}: {f.path}" + ("  FLAKY: replayed as " + ", ".join(f.replays)
+                                                           if f.flaky else ""))
+    if c.config.engine == "pct" and s.runs:
+        lines.append(pct_summary(c))
+    return lines
+
+
+def pct_summary(c: Campaign) -> str:
+    """PCT's guarantee for this campaign: runs cycle through depths 1..D, so a depth-d
+    bug of a case is hit with p >= 1/(D * n * k^(d-1)) per run of that case."""
+    s, top = c.stats, c.config.depth
+    bounds = ", ".join(f"d={d}: {pct_bound(s.pct_threads, s.pct_steps, d) / top:.1e}"
+                       for d in range(1, top + 1))
+    return (f"PCT: at most n = {s.pct_threads} threads and k = {s.pct_steps} decisions per run, "
+            f"depths 1..{top}; per run of a case, a depth-d bug is hit with p >= 1/({top}*n*k^(d-1)): "
+            f"{bounds}; {s.focus_runs:,} of the {s.runs:,} runs were focus runs")
+
+
+class LiveStatus:
+    """The rich status line on a terminal; nothing elsewhere."""
+
+    def __init__(self, console):
+        self.console = console
+        self.live = None
+        self.last = 0.0
+
+    def __enter__(self):
+        if self.console.is_terminal:
+            from rich.live import Live
+            self.live = Live("", console=self.console, refresh_per_second=4, transient=True)
+            self.live.__enter__()
+        return self
+
+    def update(self, c: Campaign) -> None:
+        now = time.perf_counter()
+        if self.live is not None and now - self.last >= 0.25:
+            self.live.update(status_line(c))
+            self.last = now
+
+    def __exit__(self, *exc):
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+
+# -- the command line -------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--engine", choices=ENGINES, default="random", help="where choices come from")
+    parser.add_argument("--bugs", metavar="ID,...", default="", help="put these bugs back into the model")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--max-time", type=float, metavar="S", help="stop after S seconds")
+    budget.add_argument("--runs", type=int, metavar="N", help=f"stop after N runs (default {DEFAULT_RUNS})")
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="campaign seed (default 0)")
+    parser.add_argument("--corpus", metavar="DIR", help="replay these cases first (their cells count)")
+    parser.add_argument("--findings", metavar="DIR", default="findings",
+                        help="where findings are written (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="processes (default 1)")
+    parser.add_argument("--depth", type=int, default=3, metavar="D",
+                        help="PCT: runs cycle through bug depths 1..D (default 3)")
+    parser.add_argument("--no-minimize", action="store_true", help="keep findings as found")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    from reference.bugs import UnknownBug, validate
+    try:
+        bugs = validate(b for b in args.bugs.split(",") if b)
+    except UnknownBug as e:
+        raise UsageError(f"unknown bug id {e}; `blockfuzz bugs` lists them") from None
+    if args.jobs < 1 or args.depth < 1 or (args.runs is not None and args.runs < 1):
+        raise UsageError("--jobs, --depth and --runs must be at least 1")
+    if args.max_time is not None and args.max_time <= 0:
+        raise UsageError("--max-time must be positive")
+    runs = args.runs if args.runs is not None or args.max_time is not None else DEFAULT_RUNS
+    return Config(engine=args.engine, bugs=bugs, seed=args.seed, budget=Budget(runs, args.max_time),
+                  depth=args.depth, jobs=args.jobs, minimize=not args.no_minimize)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    config = config_from_args(args)
+    if args.corpus is not None and not os.path.isdir(args.corpus):
+        raise UsageError(f"--corpus {args.corpus}: not a directory")
+    console = Console(highlight=False)
+    store = FindingStore(args.findings, replay=replay_outcome)
+    interrupted = False
+    with LiveStatus(console) as live:
+        c = Campaign(config, store=store, on_progress=live.update)
+        try:
+            if args.corpus:
+                replay_corpus(c, args.corpus)
+            c.stats.started = time.perf_counter()
+            run_campaign(c, os.path.abspath(args.findings))
+        except KeyboardInterrupt:
+            interrupted = True
+    for line in summary(c, interrupted):
+        console.print(line, markup=False, soft_wrap=True)
+    if interrupted:
+        return 130
+    return 1 if c.stats.kinds or c.stats.duplicates else 0
+
+
+def replay_outcome(case: Case) -> Outcome:
+    """Run a case on the model with its own schedule and judge it."""
+    from harness.backends.reference import run_case
+    return judge(case, run_case(case))

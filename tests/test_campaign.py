@@ -1,0 +1,285 @@
+"""``blockfuzz fuzz``: engines, budgets, findings, the live status and the summary."""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness import campaign
+from harness import case as case_mod
+from harness.campaign import (
+    Budget, ByteTarget, Campaign, Config, FuzzFinding, LiveStatus, Stats, merge_message, run_seed,
+    status_line, time_to_first_finding,
+)
+from harness.choices import RandomSource
+from harness.cli import main
+from harness.corpus import Outcome
+from harness.generate import run_generated
+
+NO_DRAIN = "stream-prepare-no-drain"
+REF_ONLY = "stream-prepare-ref-only"
+needs_atheris = pytest.mark.skipif(not campaign.atheris_available(), reason="atheris is not installed")
+
+
+def fuzz(capsys, *args):
+    rc = main(["fuzz", *args])
+    out = capsys.readouterr()
+    return rc, out.out.splitlines(), out.err
+
+
+def test_run_seed_keeps_campaign_seeds_apart():
+    assert run_seed(0, 5) == 5 and run_seed(1, 5) == (1 << 32) + 5
+
+
+def test_budget_by_runs_or_seconds():
+    assert Budget(runs=3).spent(3, 0.0) and not Budget(runs=3).spent(2, 99.0)
+    assert Budget(seconds=1.0).spent(0, 1.0) and not Budget(seconds=1.0).spent(10**9, 0.5)
+    assert not Budget().spent(10**9, 10**9)
+
+
+def test_a_random_campaign_on_the_fixed_model(capsys, tmp_path):
+    rc, lines, _ = fuzz(capsys, "--runs", "150", "--findings", str(tmp_path / "f"))
+    assert rc == 0
+    assert lines[0] == "done: engine random, bugs none (the fixed model), seed 0"
+    assert lines[1].startswith("runs 150 in ")
+    assert lines[2].startswith("cells reached: ")
+    assert lines[-1] == "findings: none (duplicates 0)"
+    assert not (tmp_path / "f").exists()
+
+
+def test_a_campaign_keeps_minimized_findings_that_replay(capsys, tmp_path):
+    findings = tmp_path / "f"
+    rc, lines, _ = fuzz(capsys, "--runs", "400", "--bugs", NO_DRAIN, "--findings", str(findings))
+    assert rc == 1
+    assert any(line.startswith("first finding: use-after-free at run ") for line in lines)
+    files = sorted(findings.iterdir())
+    assert files and all(f.name.startswith(("use-after-free-", "wrong-backing-")) for f in files)
+    for f in files:
+        small = case_mod.load(str(f))
+        assert len(small.images) <= 6 and len(small.commands) <= 5
+        assert small.bugs == (NO_DRAIN,)
+        assert small.description.startswith("signature: ")
+    assert main(["replay", str(findings)]) == 0
+    # a second campaign knows them: duplicates only
+    rc, lines, _ = fuzz(capsys, "--runs", "400", "--bugs", NO_DRAIN, "--findings", str(findings))
+    assert sorted(findings.iterdir()) == files
+
+
+def test_a_pct_campaign_prints_its_bound(capsys, tmp_path):
+    rc, lines, _ = fuzz(capsys, "--engine", "pct", "--runs", "300", "--findings", str(tmp_path))
+    assert rc == 0
+    pct = lines[-1]
+    assert pct.startswith("PCT: at most n = ")
+    assert "depths 1..3; per run of a case, a depth-d bug is hit with p >= 1/(3*n*k^(d-1)): d=1: " in pct
+    assert pct.endswith(" of the 300 runs were focus runs")
+
+
+def test_pct_focus_spends_more_runs_on_rarer_cells():
+    c = Campaign(Config(engine="pct"))
+    c.stats.runs = 1000
+    c.stats.cell_runs.update({"common": 500, "rare": 5})
+    energy = lambda cells: c.focus_energy(type("O", (), {"extra": {"cells": cells}})())  # noqa: E731
+    assert energy([]) == 0
+    assert energy(["common"]) == 0
+    assert energy(["common", "rare"]) == campaign.FOCUS_MAX
+    c.stats.cell_runs["rare"] = 50
+    assert energy(["rare"]) == 4
+
+
+def test_a_hypothesis_campaign_shrinks_and_keeps_a_finding(capsys, tmp_path):
+    rc, lines, _ = fuzz(capsys, "--engine", "hypothesis", "--runs", "400", "--bugs", NO_DRAIN,
+                        "--findings", str(tmp_path), "--seed", "1")
+    assert rc == 1
+    assert lines[0] == f"done: engine hypothesis, bugs {NO_DRAIN}, seed 1"
+    stored = [case_mod.load(str(f)) for f in tmp_path.iterdir()]
+    assert stored and all(c.expect["verdict"] == "use-after-free" for c in stored)
+
+
+def test_the_ci_profile_is_used_when_ci_is_set(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("CI", "1")
+    rc, lines, _ = fuzz(capsys, "--engine", "hypothesis", "--runs", "60", "--findings", str(tmp_path))
+    assert rc == 0 and lines[1].startswith("runs ")
+
+
+def test_jobs_fan_out_over_processes(capsys, tmp_path):
+    rc, lines, _ = fuzz(capsys, "--engine", "pct", "--runs", "200", "--jobs", "2", "--bugs", REF_ONLY,
+                        "--findings", str(tmp_path))
+    assert lines[1].startswith("runs 200 in ")
+
+
+def test_merge_message_accounts_for_worker_reports(tmp_path):
+    c = Campaign(Config())
+    assert merge_message(c, ("runs", 7, 3, 12)) == 0
+    assert merge_message(c, ("cells", ["stream_prepare ran"])) == 0
+    case, _, _ = run_generated(RandomSource(0))
+    assert merge_message(c, ("finding", case.to_json(), "hang", "x", "m")) == 0
+    assert merge_message(c, ("done",)) == 1
+    assert (c.stats.runs, c.stats.pct_threads, c.stats.pct_steps) == (7, 3, 12)
+    assert c.stats.cells.first == {"stream_prepare ran": 7}
+    assert c.stats.kinds == {"hang": 1} and c.stats.first.kind == "hang"
+
+
+def test_a_max_time_budget_stops_the_campaign(capsys, tmp_path):
+    rc, lines, _ = fuzz(capsys, "--max-time", "0.3", "--findings", str(tmp_path))
+    assert rc == 0 and lines[1].startswith("runs ")
+
+
+def test_the_corpus_is_replayed_first(capsys, tmp_path):
+    rc, lines, _ = fuzz(capsys, "--runs", "5", "--corpus", "corpus/seeds", "--findings", str(tmp_path))
+    assert rc == 0
+    assert lines[1].endswith(", after 9 corpus cases")
+
+
+def test_a_corpus_case_that_shows_a_finding_is_kept(capsys, tmp_path):
+    corpus = tmp_path / "c"
+    corpus.mkdir()
+    src = case_mod.load("corpus/regressions/overlapping_5-stream-prepare-no-drain.json")
+    case_mod.save(src, str(corpus / "x.json"))
+    rc, lines, _ = fuzz(capsys, "--runs", "1", "--corpus", str(corpus), "--bugs", NO_DRAIN,
+                        "--findings", str(tmp_path / "f"), "--no-minimize")
+    assert rc == 1
+    assert any(line.startswith("  use-after-free@bdrv_set_backing_hd: ") for line in lines)
+
+
+def test_ctrl_c_keeps_what_was_written_and_prints_the_summary(monkeypatch, capsys, tmp_path):
+    def interrupted(c, work_dir="."):
+        campaign.run_random(c) if c.stats.runs else None
+        raise KeyboardInterrupt
+    monkeypatch.setattr(campaign, "run_campaign", interrupted)
+    rc, lines, _ = fuzz(capsys, "--runs", "10", "--findings", str(tmp_path))
+    assert rc == 130
+    assert lines[0] == "interrupted: engine random, bugs none (the fixed model), seed 0"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--bugs", "nope"], "unknown bug id 'nope'; `blockfuzz bugs` lists them"),
+    (["--jobs", "0"], "--jobs, --depth and --runs must be at least 1"),
+    (["--max-time", "0"], "--max-time must be positive"),
+    (["--corpus", "no/such/dir"], "--corpus no/such/dir: not a directory"),
+    (["--runs", "5", "--max-time", "1"], "not allowed with argument"),
+])
+def test_bad_usage_is_one_line_and_exit_2(capsys, args, message):
+    rc, _, err = fuzz(capsys, *args)
+    assert rc == 2 and message in err and err.count("\n") == 1
+
+
+def test_the_atheris_engine_needs_atheris(monkeypatch, capsys):
+    monkeypatch.setattr(campaign, "atheris_available", lambda: False)
+    rc, _, err = fuzz(capsys, "--engine", "atheris", "--runs", "5")
+    assert rc == 2
+    assert "the atheris engine needs atheris" in err and "the hypothesis, random and pct engines work" in err
+
+
+@needs_atheris
+def test_the_atheris_engine_runs_the_target_in_a_subprocess(capsys, tmp_path):
+    rc, lines, _ = fuzz(capsys, "--engine", "atheris", "--runs", "300", "--bugs", NO_DRAIN,
+                        "--findings", str(tmp_path / "f"))
+    assert lines[1].startswith("runs 300 in ")
+    assert rc == 1
+    assert any(f.name.startswith("use-after-free-") for f in (tmp_path / "f").iterdir())
+    assert len(os.listdir(tmp_path / "f" / "atheris-corpus")) >= campaign.ATHERIS_SEEDS
+
+
+@needs_atheris
+def test_the_fuzz_target_runs_directly_with_libfuzzer_flags(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    proc = subprocess.run([sys.executable, campaign.TARGET, str(corpus), "-atheris_runs=40"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                          env=dict(os.environ, BLOCKFUZZ_FINDINGS=str(tmp_path / "f")))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Done 40 " in proc.stderr
+
+
+def test_atheris_command_line():
+    config = Config(engine="atheris", seed=2, budget=Budget(runs=101, seconds=9.5), jobs=2)
+    assert campaign.atheris_command(config, "cdir", 1)[1:] == [
+        campaign.TARGET, "cdir", f"-seed={run_seed(2, 1) % (1 << 31) + 1}", "-max_len=1024",
+        "-print_final_stats=0", "-atheris_runs=50", "-max_total_time=9"]
+
+
+# -- the atheris target's in-process half ---------------------------------------------
+
+def finding_input(bug: str) -> bytes:
+    """Bytes whose case shows a finding with ``bug`` put back."""
+    rng = RandomSource(0).rng
+    while True:
+        data = bytes(rng.randrange(256) for _ in range(200))
+        target = ByteTarget((bug,), "/nonexistent", keep_going=True)
+        target.findings_dir = None
+        from harness.choices import BytesSource
+        if run_generated(BytesSource(data), (bug,))[2].kind != "ok":
+            return data
+
+
+def test_byte_target_writes_a_finding_and_raises_for_libfuzzer(tmp_path):
+    data = finding_input(NO_DRAIN)
+    out = io.StringIO()
+    target = ByteTarget((NO_DRAIN,), str(tmp_path), status=True, out=out)
+    with pytest.raises(FuzzFinding, match="^use-after-free"):
+        target(data)
+    status = json.loads(out.getvalue().splitlines()[-1][len(campaign.STATUS_PREFIX):])
+    assert status["runs"] == 1 and status["finding"]["kind"] == "use-after-free"
+    saved = case_mod.load(status["finding"]["path"])
+    assert saved.expect == {"verdict": "use-after-free"} and saved.bugs == (NO_DRAIN,)
+
+
+def test_byte_target_keeps_going_and_writes_each_signature_once(tmp_path):
+    data = finding_input(NO_DRAIN)
+    target = ByteTarget((NO_DRAIN,), str(tmp_path), keep_going=True)
+    target(data)
+    target(data)
+    target(b"")
+    assert target.runs == 3 and len(os.listdir(tmp_path)) == 1
+
+
+def test_byte_target_counts_only_the_signature_it_is_told(tmp_path):
+    target = ByteTarget((NO_DRAIN,), str(tmp_path), only="wrong-backing@nowhere")
+    target(finding_input(NO_DRAIN))          # not raised: another signature
+    assert os.listdir(tmp_path) == []
+
+
+# -- timing and status ---------------------------------------------------------------
+
+def test_time_to_first_finding():
+    runs, seconds, verdict = time_to_first_finding("random", NO_DRAIN, 0, 2000)
+    assert verdict == "use-after-free" and 1 <= runs <= 2000 and seconds > 0
+    assert time_to_first_finding("random", NO_DRAIN, 0, 3, signature="hang@nowhere")[0::2] == (3, "ok")
+
+
+def test_status_line_and_summary_name_what_happened():
+    c = Campaign(Config(engine="pct", bugs=(REF_ONLY,)))
+    c.stats = Stats(started=c.stats.started, runs=42)
+    c.stats.kinds.update({"wrong-backing": 1})
+    line = status_line(c)
+    assert line.startswith("pct: 42 runs  ") and "findings: wrong-backing 1" in line
+    c.found(case_mod.load("corpus/seeds/030/test_overlapping_5.json"), Outcome("hang", "x"))
+    assert c.stats.first.runs == 42
+    lines = campaign.summary(c)
+    assert lines[0] == f"done: engine pct, bugs {REF_ONLY}, seed 0"
+    assert "first finding: hang at run 42, after " in "\n".join(lines)
+
+
+def test_live_status_draws_only_on_a_terminal():
+    from rich.console import Console
+    quiet = Console(file=io.StringIO(), force_terminal=False)
+    with LiveStatus(quiet) as live:
+        live.update(Campaign(Config()))
+    assert quiet.file.getvalue() == ""
+    loud = Console(file=io.StringIO(), force_terminal=True)
+    with LiveStatus(loud) as live:
+        live.update(Campaign(Config()))
+        assert live.live is not None
+
+
+def test_cell_coverage_keeps_the_first_run_per_cell_and_names_what_is_missing():
+    from harness.cells import REQUIRED, CellCoverage
+    cov = CellCoverage()
+    assert cov.add(["stream_prepare ran"], 0) == ["stream_prepare ran"]
+    assert cov.add(["stream_prepare ran", "a job completed inside a drain"], 7) == ["a job completed inside a drain"]
+    assert len(cov) == 2
+    assert cov.missing() == [c for c in REQUIRED if c not in cov.first]
+    assert cov.lines()[:2] == ["  stream_prepare ran  (the corpus)", "  a job completed inside a drain  (first at run 7)"]
+    assert cov.lines()[2:] == [f"  NOT REACHED: {c}" for c in cov.missing()]
