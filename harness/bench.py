@@ -69,7 +69,7 @@ def memory_growth(case: Case, runs: int) -> dict:
     gc.collect()
     last = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    return {"after_kib": first // 1024, "end_kib": last // 1024, "runs": runs}
+    return {"after_bytes": first, "end_bytes": last, "runs": runs}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
             line = f"{name:26} {r['runs_per_s']:>9.1f} runs/s  ({r['runs']} runs in {r['seconds']} s)"
             if "memory" in r:
                 mem = r["memory"]
-                line += f"  memory {mem['after_kib']} KiB -> {mem['end_kib']} KiB over {mem['runs']} runs"
+                line += (f"  live memory {mem['after_bytes']} B after {mem['runs'] // 10} runs, "
+                         f"{mem['end_bytes']} B after {mem['runs']}")
             print(line)
     return 0
