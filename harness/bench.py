@@ -57,7 +57,7 @@ def measure(case: Case, runs: int, repeat: int) -> dict:
 
 
 def memory_growth(case: Case, runs: int) -> dict:
-    """Traced memory after the first tenth of the runs and at the end, in KiB."""
+    """Live traced memory (bytes) after the first tenth of the runs and at the end."""
     tracemalloc.start()
     mark = max(1, runs // 10)
     first = 0
