@@ -322,6 +322,8 @@ def job_settled(job: Job) -> bool:
     """Concluded, or waiting for a verb: finalize, complete, resume."""
     if job.status in ("concluded", "null"):
         return True
+    if job.user_paused and job.status in ("paused", "standby"):
+        return True       # waits for resume
     if job.deferred_to_main_loop and not job.is_completed():
         return False      # job_exit is still to run
     if job.status in ("ready", "standby"):
