@@ -16,8 +16,16 @@ picked most of the time; names that a commit will cut out, or jobs already
 cancelled or dismissed, are *stale*; names that never existed are *absent*.
 The last two exercise the error paths.
 
-Option tables put the plainest option at index 0: a source that runs out
-of choices (or a shrinker that zeroes them) falls back to it.
+Each case is also a *swarm* (:class:`Swarm`): it leaves out some command
+kinds, optional argument families and the error forms altogether, so that
+some cases are free of the noise that would stop a deep interleaving.
+Resources steer the rest: a stream is likelier while an intermediate
+commit's filter waits for a consumer, and then mostly takes it as its
+``base-node`` from above that commit (030's test_overlapping_5).
+
+A source that runs out of choices gives 0 from then on: the first entry of
+each table, and the swarm with every command kind and no optional argument,
+so the all-zero case is a plain intermediate commit.
 
 :func:`run_generated` then runs the case on the model with the *same*
 source, so generation and scheduling form one recorded list; the case it
