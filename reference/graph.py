@@ -151,11 +151,17 @@ def bdrv_attach_child(parent, child_bs: BlockDriverState, name: str) -> BdrvChil
 
 def bdrv_unref_child(parent, c: BdrvChild) -> None:
     """Detach edge ``c`` and drop the reference it owned."""
+    bdrv_unref(bdrv_remove_child(parent, c), "bdrv_unref_child")
+
+
+def bdrv_remove_child(parent, c: BdrvChild) -> BlockDriverState:
+    """Detach edge ``c`` but keep its reference: the caller drops it later, as
+    QEMU's graph transactions drop the old child's reference only at commit."""
     old = c.bs
     _replace_child_noperm(c, None)
     if parent.kind == "node" and c in parent.children:
         parent.children.remove(c)
-    bdrv_unref(old, "bdrv_unref_child")
+    return old
 
 
 def _replace_child_noperm(c: BdrvChild, new: BlockDriverState | None, attaching: bool = False) -> None:
@@ -379,9 +385,13 @@ def bdrv_set_backing_hd(bs: BlockDriverState, backing: BlockDriverState | None,
             if backing is not None and _would_cycle(bs, backing):
                 raise QMPError(f"Making '{backing.node_name}' a backing child of "
                                f"'{bs.node_name}' would create a cycle")
-            bdrv_unref_child(bs, c)
+        # bdrv_set_file_or_backing_noperm: detach, attach, and only then (at the
+        # transaction's commit) drop the old child's reference
+        old = bdrv_remove_child(bs, c) if c is not None else None
         if backing is not None:
             bdrv_attach_child(bs, backing, "backing")
+        if old is not None:
+            bdrv_unref(old, "bdrv_set_backing_hd")
     finally:
         if drain_it:
             drain.bdrv_drained_end(bs)

@@ -50,12 +50,25 @@ def test_refcounts_cascade_when_the_last_parent_goes():
         ("n0.qcow2", "n0.qcow2", {"n2.qcow2": "n0.qcow2", "n0.qcow2": None})
 
 
-def test_installing_an_unreferenced_node_below_the_old_backing_is_a_use_after_free():
+def test_set_backing_hd_drops_the_old_reference_only_after_attaching():
+    """QEMU's transaction order: installing a node that only the old backing kept
+    alive does not free it (a false use-after-free the fuzzer once reported)."""
     m = machine_with_chain(3)
-    n0, n2 = m.named_nodes["n0"], m.named_nodes["n2"]
+    n0, n1, n2 = (m.named_nodes[f"n{i}"] for i in range(3))
+    bdrv_set_backing_hd(n2, n0)
+    assert n1.freed_at is not None and n0.freed_at is None and n2.backing.bs is n0
+    bdrv_set_backing_hd(n2, n0)          # re-installing the same backing keeps it
+    assert n0.freed_at is None and n0.refcnt == 1
+
+
+def test_installing_a_freed_node_is_a_use_after_free():
+    m = machine_with_chain(3)
+    n2 = m.named_nodes["n2"]
+    stray = BlockDriverState(m, "stray", "qcow2")
+    bdrv_unref(stray, "test_free")
     with pytest.raises(UseAfterFree) as e:
-        bdrv_set_backing_hd(n2, n0)   # dropping n1 frees n0 first
-    assert e.value.node == "n0" and e.value.where == "bdrv_attach_child"
+        bdrv_set_backing_hd(n2, stray)
+    assert e.value.node == "stray" and e.value.where == "bdrv_set_backing_hd"
 
 
 def test_frozen_links_refuse_changes_with_qemus_texts():
