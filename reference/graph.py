@@ -50,6 +50,7 @@ class BlockDriverState:
         self.op_blockers: list[str] = []
         self.backing_file: str | None = None     # bs->backing_file, what queries show
         self.header_backing: str | None = None   # the backing string in the image header
+        self.header_backing_format: str | None = None
         self.backing_format: str | None = None
         self.freed_at: str | None = None
         self.cor_bottom: BlockDriverState | None = None
@@ -498,7 +499,7 @@ def bdrv_change_backing_file(bs: BlockDriverState, filename: str | None, fmt: st
     live(target, "bdrv_change_backing_file")
     target.backing_file = filename
     target.header_backing = filename
-    target.backing_format = fmt if filename else None
+    target.backing_format = target.header_backing_format = fmt if filename else None
 
 
 def bdrv_reopen_set_read_only(bs: BlockDriverState, read_only: bool) -> None:

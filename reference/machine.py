@@ -134,18 +134,27 @@ class Machine:
             bdrv_attach_child(bs, backing, "backing")
             bdrv_unref_child_owner(backing)
             bs.header_backing = bs.backing_file = backing.filename
+            bs.header_backing_format = backing.drv
         return bs
 
     def on_disk_backing(self, top_filename: str) -> dict[str, str | None]:
         """The backing strings in the image headers, following them from
-        ``top_filename`` as ``qemu-img info --backing-chain`` does."""
+        ``top_filename`` as ``qemu-img info --backing-chain`` does: each image is
+        opened with the format its overlay's header names (a qcow2 file opened as
+        raw has no backing; a raw file opened as qcow2, a missing file or a loop
+        make the chain unopenable, and then every image is read alone)."""
         out: dict[str, str | None] = {}
         name: str | None = top_filename
-        while name is not None and name in self.images and name not in out:
-            out[name] = self.images[name].header_backing
-            name = out[name]
-        if name is not None:       # a missing file or a loop: qemu-img reads each image alone
-            return {f: self.images[f].header_backing for f in reversed(list(self.images))}
+        opened_as = self.images[top_filename].drv if top_filename in self.images else None
+        while name is not None:
+            img = self.images.get(name)
+            if img is None or name in out or (opened_as != img.drv and opened_as != "raw"):
+                return {f: i.header_backing for f, i in reversed(list(self.images.items()))}
+            if opened_as == "raw" and img.drv != "raw":
+                out[name] = None
+                break
+            out[name] = img.header_backing
+            opened_as, name = img.header_backing_format, img.header_backing
         return out
 
     def attach_device(self, name: str | None, bs: BlockDriverState) -> None:
