@@ -684,6 +684,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth", type=int, default=3, metavar="D",
                         help="PCT: runs cycle through bug depths 1..D (default 3)")
     parser.add_argument("--no-minimize", action="store_true", help="keep findings as found")
+    parser.add_argument("--backend", choices=("model", "qemu"), default="model",
+                        help="run the generated cases on the model (default) or on real QEMU 7.2")
+    parser.add_argument("--differential", action="store_true",
+                        help="run every generated case on the model and on QEMU and compare")
+    parser.add_argument("--model-seeds", type=int, default=20, metavar="K",
+                        help="--differential: model schedules per case (default 20)")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -703,6 +709,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
+    if getattr(args, "backend", "model") == "qemu" or getattr(args, "differential", False):
+        from harness import qemu_campaign
+        return qemu_campaign.run(args)
     config = config_from_args(args)
     if args.corpus is not None and not os.path.isdir(args.corpus):
         raise UsageError(f"--corpus {args.corpus}: not a directory")

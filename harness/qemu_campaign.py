@@ -1,0 +1,163 @@
+"""``blockfuzz fuzz --backend qemu`` and ``blockfuzz fuzz --differential``.
+
+Cases come from the one grammar (:mod:`harness.generate`) with seeded random
+choices; on QEMU the schedule is QEMU's own, so only the generation is
+random. ``--backend qemu`` judges each run with the oracle; ``--differential``
+runs each case on the fixed model (several schedules) and on QEMU and keeps
+every disagreement as a ``qemu-mismatch`` (and every QEMU crash as
+``qemu-crash``). Findings go through the same store as model findings:
+written atomically, deduplicated by signature, replayed twice (on QEMU) before
+they are reported. The live line shows cases/s and the agreement rate.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from harness.case import Case
+from harness.choices import RandomSource
+from harness.corpus import FindingStore, Outcome, judge
+from harness.errors import UsageError
+
+BATCH = 16                 # cases generated ahead for the worker pool
+SEED_STRIDE = 1_000_003    # campaign seed S draws case i from RandomSource(S * stride + i)
+
+
+@dataclass
+class Tally:
+    cases: int = 0
+    agree: int = 0
+    kinds: Counter = field(default_factory=Counter)
+    stored: list = field(default_factory=list)
+    duplicates: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def line(self, mode: str) -> str:
+        rate = self.cases / self.elapsed if self.elapsed > 0 else 0.0
+        agree = f"{100.0 * self.agree / self.cases:.1f} %" if self.cases else "-"
+        label = "agreement" if mode == "differential" else "oracle ok"
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.kinds.items())) or "none"
+        return (f"{mode}: {self.cases:,} cases  {rate:.1f} cases/s  {label} {agree}  "
+                f"findings: {kinds}  {int(self.elapsed) // 60}:{int(self.elapsed) % 60:02d}")
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.engine != "random":
+        raise UsageError("--backend qemu and --differential draw cases with --engine random: "
+                         "on QEMU the schedule is QEMU's own")
+    if args.bugs:
+        raise UsageError("--bugs cannot be put back into real QEMU; drop --bugs "
+                         "(--differential compares QEMU with the fixed model)")
+
+
+def case_stream(seed: int):
+    from harness.generate import generate
+    for i in itertools.count():
+        yield generate(RandomSource(seed * SEED_STRIDE + i))
+
+
+def qemu_outcome(case: Case, runner) -> Outcome:
+    obs = runner.run(case)
+    return judge(case, obs)
+
+
+def diff_outcome(result) -> Outcome:
+    if result.finding is None:
+        return Outcome("ok")
+    f = result.finding
+    return Outcome(f.kind, f.where, f.message.splitlines()[0] if f.message else "")
+
+
+def results(args: argparse.Namespace, cases):
+    """Yield ``(case, outcome)`` pairs, one worker or a pool."""
+    if args.differential:
+        from harness.differential import run_all
+        for r in run_all(cases, seeds=args.model_seeds, timeout=10.0, only=None, jobs=args.jobs):
+            yield r.case, diff_outcome(r)
+        return
+    from harness.differential import run_all
+    for r in run_all(cases, seeds=0, timeout=10.0, only="qemu", jobs=args.jobs):
+        yield r.case, judge(r.case, r.qemu)
+
+
+def make_store(args: argparse.Namespace) -> FindingStore:
+    from harness.differential import Differ
+
+    def replay(case: Case) -> Outcome:
+        with Differ(seeds=args.model_seeds, only=None if args.differential else "qemu") as d:
+            r = d.diff(case)
+        return diff_outcome(r) if args.differential else judge(case, r.qemu)
+    return FindingStore(args.findings, replay=replay)
+
+
+def within_budget(args: argparse.Namespace, t: Tally) -> bool:
+    if args.max_time is not None:
+        return t.elapsed < args.max_time
+    return t.cases < (args.runs or 200)
+
+
+def record(t: Tally, store: FindingStore, case: Case, outcome: Outcome) -> None:
+    t.cases += 1
+    if outcome.kind == "ok":
+        t.agree += 1
+        return
+    t.kinds[outcome.kind] += 1
+    stored = store.add(case, outcome)
+    if stored is None:
+        t.duplicates += 1
+    else:
+        t.stored.append(stored)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+    check_args(args)
+    mode = "differential" if args.differential else "qemu"
+    console = Console(highlight=False)
+    store = make_store(args)
+    t = Tally()
+    interrupted = False
+    stream = case_stream(args.seed)
+    live = Live(t.line(mode), console=console, transient=True) if console.is_terminal else None
+    try:
+        if live is not None:
+            live.__enter__()
+        while within_budget(args, t):
+            batch = [next(stream) for _ in range(BATCH if args.max_time else
+                                                 min(BATCH, (args.runs or 200) - t.cases))]
+            for case, outcome in results(args, batch):
+                record(t, store, case, outcome)
+                if live is not None:
+                    live.update(t.line(mode))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        if live is not None:
+            live.__exit__(None, None, None)
+    for line in summary(t, mode, interrupted):
+        console.print(line, markup=False, soft_wrap=True)
+    if interrupted:
+        return 130
+    return 1 if t.kinds else 0
+
+
+def summary(t: Tally, mode: str, interrupted: bool) -> list[str]:
+    lines = [f"{'interrupted' if interrupted else 'done'}: {t.line(mode)}"]
+    if mode == "differential" and t.cases:
+        lines.append(f"agreement: {t.agree}/{t.cases} cases agree with the model "
+                     f"({100.0 * t.agree / t.cases:.1f} %)")
+    for s in t.stored:
+        flag = " (flaky)" if s.flaky else ""
+        lines.append(f"  {s.outcome.signature}{flag}: {s.path}")
+    if t.duplicates:
+        lines.append(f"  ({t.duplicates} more with signatures already stored)")
+    return lines
