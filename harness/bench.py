@@ -72,15 +72,64 @@ def memory_growth(case: Case, runs: int) -> dict:
     return {"after_bytes": first, "end_bytes": last, "runs": runs}
 
 
+ENGINE_BUGS = (("stream-prepare-no-drain", "use-after-free"),
+               ("stream-prepare-ref-only", "wrong-backing"))
+
+
+def time_to_bug(engines: list[str], seeds: int, max_runs: int) -> list[dict]:
+    """FuzzBench-style time to first finding: for each engine and each form of the
+    seed bug, ``seeds`` campaigns from an empty corpus until the bug's finding kind
+    first shows; the median and the spread, in runs and seconds."""
+    from statistics import median
+
+    from harness.campaign import time_to_first_finding
+    rows = []
+    for bug, kind in ENGINE_BUGS:
+        for engine in engines:
+            trials = [time_to_first_finding(engine, bug, seed, max_runs, kind) for seed in range(seeds)]
+            found = [(r, s) for r, s, v in trials if v == kind]
+            runs = sorted(r for r, _ in found) or [max_runs]
+            secs = sorted(s for _, s in found) or [float("nan")]
+            rows.append({"bug": bug, "engine": engine, "found": len(found), "trials": seeds,
+                         "median_runs": median(runs), "min_runs": runs[0], "max_runs": runs[-1],
+                         "median_s": round(median(secs), 3), "min_s": round(secs[0], 3),
+                         "max_s": round(secs[-1], 3)})
+    return rows
+
+
+def print_time_to_bug(rows: list[dict]) -> None:
+    base = {r["bug"]: r["median_s"] for r in rows if r["engine"] == "random"}
+    print(f"{'bug':26} {'engine':10} {'found':>6} {'median runs':>12} {'runs min-max':>14} "
+          f"{'median s':>9} {'s min-max':>14} {'vs random':>9}")
+    for r in rows:
+        speedup = base.get(r["bug"], 0) / r["median_s"] if r["median_s"] else float("nan")
+        print(f"{r['bug']:26} {r['engine']:10} {r['found']:>3}/{r['trials']:<2} {r['median_runs']:>12.0f} "
+              f"{r['min_runs']:>6}-{r['max_runs']:<7} {r['median_s']:>9.3f} "
+              f"{r['min_s']:>6.2f}-{r['max_s']:<7.2f} {speedup:>8.1f}x")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=2000, help="runs per workload (default 2000)")
     p.add_argument("--repeat", type=int, default=3, help="best of N repetitions (default 3)")
     p.add_argument("--memory-runs", type=int, default=0,
                    help="also trace memory over this many runs (e.g. 100000)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--engines", metavar="E,...", default="",
+                   help="instead: time to first finding of each seed bug for these engines "
+                        "(random,pct,hypothesis,atheris)")
+    p.add_argument("--trials", type=int, default=10, help="--engines: campaigns per cell (default 10)")
+    p.add_argument("--max-runs", type=int, default=40000,
+                   help="--engines: run budget of one campaign (default 40000)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.engines:
+        rows = time_to_bug([e for e in args.engines.split(",") if e], args.trials, args.max_runs)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            print_time_to_bug(rows)
+        return 0
     results = {}
     for name, make in WORKLOADS.items():
         case = make()

@@ -166,7 +166,7 @@ class Campaign:
 
     def interesting(self, outcome: Outcome) -> bool:
         only = self.config.only
-        return outcome.kind != "ok" and (only is None or outcome.signature == only)
+        return outcome.kind != "ok" and (only is None or only in (outcome.signature, outcome.kind))
 
     def found(self, case: Case, outcome: Outcome) -> None:
         stats = self.stats
@@ -521,7 +521,7 @@ class ByteTarget:
             self.started = time.perf_counter()
         case, observation, outcome = run_generated(BytesSource(data), self.bugs)
         self.runs += 1
-        found = outcome.kind != "ok" and (self.only is None or outcome.signature == self.only)
+        found = outcome.kind != "ok" and (self.only is None or self.only in (outcome.signature, outcome.kind))
         status: dict = {}
         new = [x for x in observation.extra.get("cells", ()) if x not in self.cells]
         if new:
@@ -578,7 +578,7 @@ def time_to_first_finding(engine: str, bug: str, seed: int, max_runs: int,
                           signature: str | None = None) -> tuple[int, float, str]:
     """Runs and seconds until ``engine`` first finds something with ``bug`` put back.
 
-    ``signature`` (e.g. ``"use-after-free@bdrv_set_backing_hd"``) counts only
+    ``signature`` (e.g. ``"use-after-free@bdrv_set_backing_hd"``, or a kind alone) counts only
     findings with that signature; others are run past.
 
     :returns: ``(runs, seconds, verdict)``; ``verdict`` is ``"ok"`` (and runs
