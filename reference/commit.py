@@ -160,7 +160,18 @@ class MirrorCommitJob(Job):
                 self.m.event("BLOCK_JOB_READY", {"type": "commit", "device": self.id,
                                                  "len": self.len, "offset": self.offset,
                                                  "speed": self.speed})
-            if self.should_complete or self.cancelled:
+            if self.should_complete and not self.cancelled:
+                # mirror_run: converged and asked to complete: drain the source and
+                # keep it drained until the pivot (guest writes wait in the device)
+                self.in_drain = True
+                drain.bdrv_drained_begin(self.src_bs)
+                if self.dirty:
+                    drain.bdrv_drained_end(self.src_bs)
+                    self.in_drain = False
+                    continue
+                self.src_drained = True
+                break
+            if self.cancelled:
                 break
             delay = SLICE_NS
         return 0
@@ -232,6 +243,9 @@ class MirrorCommitJob(Job):
         self.remove_all_bdrv()
         m.must_succeed(lambda: bdrv_replace_node(mt, bdrv_filter_child(mt).bs), "mirror_exit_common")
         bdrv_unref(mt, "mirror_exit_common")
+        if self.src_drained:
+            self.src_drained = False
+            drain.bdrv_drained_end(src)
         bdrv_unref(src, "mirror_exit_common")
         bdrv_unref(target, "mirror_exit_common")
         return ret
@@ -277,6 +291,7 @@ def commit_active_start(m, job_id, bs, base, *, speed, on_error, filter_node_nam
     job.should_complete = False
     job.exited = False
     job.in_drain = False
+    job.src_drained = False
     job.dirty = []
     job.base_overlay = bdrv_find_overlay(bs, base)
     job.target_blk = m.blk_new(base)

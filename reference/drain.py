@@ -43,6 +43,10 @@ def parent_drained_end_single(c: "BdrvChild") -> None:
         p.resume()
     else:
         p.quiesce_counter -= 1
+        if p.quiesce_counter == 0 and p.queued:
+            queued, p.queued = p.queued, []
+            for request in queued:          # blk_root_drained_end: resubmit
+                c.bs.m.guest_write(*request)
 
 
 def _parent_drained_poll_single(c: "BdrvChild") -> bool:

@@ -29,6 +29,7 @@ class BlockBackend:
         self.root: BdrvChild | None = None
         self.quiesce_counter = 0
         self.in_flight = 0
+        self.queued: list = []          # guest requests waiting for the drain to end
 
     @property
     def bs(self) -> BlockDriverState | None:
@@ -291,7 +292,13 @@ class Machine:
 
     def guest_write(self, offset: int, length: int, pattern: int) -> None:
         """A guest write through the device: down the filters into the format node;
-        an active mirror marks the range dirty."""
+        an active mirror marks the range dirty. While the device is drained the
+        request waits in its queue (blk_root_drained_begin) and is resubmitted when
+        the drain ends, to whatever node the device then points at."""
+        blk = next(iter(self.blks.values()), None)
+        if blk is not None and blk.quiesce_counter > 0:
+            blk.queued.append((offset, length, pattern))
+            return
         bs = self.device_root()
         while bs.is_filter:
             job = getattr(bs, "mirror_job", None)
