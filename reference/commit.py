@@ -156,6 +156,9 @@ class MirrorCommitJob(Job):
             # nothing dirty at the start of an iteration: converged
             self.offset = self.len
             if self.status == "running":
+                yield from self.io()          # mirror_flush of the target first
+                if self.dirty or self.cancelled:
+                    continue
                 self.transition("ready")
                 self.m.event("BLOCK_JOB_READY", {"type": "commit", "device": self.id,
                                                  "len": self.len, "offset": self.offset,

@@ -345,7 +345,13 @@ def x_guest_write(m, offset, length, pattern):
     size = bdrv_skip_filters(root).data.size
     if offset < 0 or length <= 0 or offset + length > size or not 0 <= pattern <= 255:
         raise QMPError("Invalid guest write: offset, length or pattern out of range")
+    blk = next(iter(m.blks.values()), None)
     m.guest_write(offset, length, pattern)
+    if blk is not None and blk.queued:
+        # the device is drained: the request waits in its queue, and the write (HMP
+        # qemu-io, synchronous) returns only when it has run; if nothing can end the
+        # drain (an active commit pending for job-finalize), QEMU hangs here too
+        m.aio.poll_while(lambda: bool(blk.queued), "a guest write on a drained device")
 
 
 HANDLERS: dict[str, Callable] = {

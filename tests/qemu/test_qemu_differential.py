@@ -187,3 +187,14 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert diff(capsys, str(tmp_path), "--jobs", "0") == (
         2, [], "blockfuzz: error: blockfuzz diff: --seeds must be >= 0, --jobs and --repeat >= 1, "
                "--timeout > 0\n")
+
+
+def test_when_both_sides_hang_only_the_finding_and_replies_count():
+    model = obs(chain=("n2", "n0"))
+    model.finding = Finding("hang", "a guest write on a drained device", "x-guest-write", 2)
+    qemu = obs()
+    qemu.chain = []
+    qemu.finding = Finding("hang", "QEMU did not answer", "human-monitor-command", 2)
+    assert differing_fields(normalise(model), normalise(qemu)) == []
+    qemu.replies = [{"error": {"class": "GenericError", "desc": "x"}}]
+    assert differing_fields(normalise(model), normalise(qemu)) == ["replies"]
