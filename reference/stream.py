@@ -77,18 +77,21 @@ class StreamJob(Job):
         base = bdrv_filter_or_cow_bs(self.above_base)
         if bdrv_cow_child(bs) is None:
             return 0
-        unfiltered_base = bdrv_skip_filters(base)
-        base_id = base_fmt = None
-        if unfiltered_base is not None:
-            base_id = self.backing_file_str or unfiltered_base.filename
-            base_fmt = unfiltered_base.drv
-        bdrv_change_backing_file(bs, base_id, base_fmt)
+        bdrv_change_backing_file(bs, *self._base_id(base))
         try:
             bdrv_set_backing_hd(bs, base, drain_it=False)
         except QMPError as e:
             self.m.report_error(e.desc)
             return -1
         return 0
+
+    def _base_id(self, base) -> tuple[str | None, str | None]:
+        """The header's new backing string and format: ``backing-file`` or the
+        unfiltered base's filename."""
+        unfiltered_base = bdrv_skip_filters(base)
+        if unfiltered_base is None:
+            return None, None
+        return self.backing_file_str or unfiltered_base.filename, unfiltered_base.drv
 
     def _prepare_fixed(self) -> int:
         above_base = self.above_base
@@ -117,11 +120,7 @@ class StreamJob(Job):
         bs = bdrv_skip_filters(self.target_bs)
         if bdrv_cow_child(bs) is None:
             return 0
-        unfiltered_base = bdrv_skip_filters(base)
-        base_id = base_fmt = None
-        if unfiltered_base is not None:
-            base_id = self.backing_file_str or unfiltered_base.filename
-            base_fmt = unfiltered_base.drv
+        base_id, base_fmt = self._base_id(base)      # read before the graph changes
         try:
             bdrv_set_backing_hd(bs, base)
         except QMPError as e:
