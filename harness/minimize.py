@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass, replace
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 from harness import case as case_mod
 from harness.case import Case, Command

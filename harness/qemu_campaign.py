@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field

@@ -17,7 +17,7 @@ from reference.errors import QMPError
 from reference.graph import (bdrv_append_filter, bdrv_drop_intermediate, bdrv_filter_or_cow_bs,
                              bdrv_find_overlay, bdrv_freeze_backing_chain, bdrv_ref,
                              bdrv_reopen_set_read_only, bdrv_replace_node, bdrv_skip_filters,
-                             bdrv_unfreeze_backing_chain, bdrv_unref, bdrv_filter_child, live)
+                             bdrv_unfreeze_backing_chain, bdrv_unref, bdrv_filter_child)
 from reference.job import Job, SLICE_NS
 
 COMMIT_BUFFER_SIZE = 512 << 10

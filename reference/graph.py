@@ -244,10 +244,6 @@ def bdrv_skip_filters(bs: BlockDriverState | None, implicit_only: bool = False) 
     return bs
 
 
-def bdrv_skip_implicit_filters(bs):
-    return bdrv_skip_filters(bs, implicit_only=True)
-
-
 def bdrv_backing_chain_next(bs: BlockDriverState | None) -> BlockDriverState | None:
     return bdrv_skip_filters(bdrv_cow_bs(bdrv_skip_filters(bs)))
 
@@ -370,11 +366,9 @@ def bdrv_set_backing_hd(bs: BlockDriverState, backing: BlockDriverState | None,
 
     The drain polls: other jobs' completions may run here.
     """
-    m = bs.m
     if drain_it:
         drain.bdrv_drained_begin(bs)
     try:
-        m.cell_if_completion_ran("bdrv_set_backing_hd")
         live(bs, "bdrv_set_backing_hd")
         if backing is not None:
             live(backing, "bdrv_set_backing_hd")

@@ -20,8 +20,6 @@ from reference.loop import YIELD_IO, YIELD_WAIT, Coroutine, Yield
 if TYPE_CHECKING:
     from reference.machine import Machine
 
-T = True
-_ = False
 STATUSES = ("undefined", "created", "running", "paused", "ready", "standby",
             "waiting", "pending", "aborting", "concluded", "null")
 #: job.c JobSTT: TRANSITIONS[from] = the statuses it may change to
@@ -92,6 +90,7 @@ class Job:
         self.dispatched = 0
         self.freed = False
         self.in_flight = 0
+        self.aborting_txn = False
         self.transition("created")
         self.add_bdrv("main node", main_bs)
         if speed:
@@ -215,11 +214,9 @@ class Job:
 
     def io(self) -> Generator:
         """An I/O request: the coroutine waits (still busy) for its completion."""
-        self.m.io_in_flight += 1
         self.in_flight += 1
         yield YIELD_IO
         self.in_flight -= 1
-        self.m.io_in_flight -= 1
 
     def ratelimit_calculate_delay(self, n: int) -> int:
         """block_job_ratelimit_get_delay / ratelimit_calculate_delay on virtual time.
@@ -313,9 +310,9 @@ class Job:
 
     def txn_abort(self) -> None:
         """job_completed_txn_abort for a one-job transaction."""
-        if getattr(self, "_aborting_txn", False):
+        if self.aborting_txn:
             return
-        self._aborting_txn = True
+        self.aborting_txn = True
         if not self.is_completed():
             self.m.aio.poll_while(lambda: not self.is_completed(), f"job '{self.id}' to finish")
         self.finalize_single()

@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 from reference.data import ImageData, merge_runs
 from reference.errors import ModelFault, QMPError
 from reference.graph import (FILTER_CHILD, BlockDriverState, BdrvChild, bdrv_attach_child, bdrv_filter_or_cow_bs,
-                             bdrv_skip_filters, bdrv_unref_child, chain, live)
+                             bdrv_skip_filters, bdrv_unref_child, live)
 from reference.job import Job
 from reference.loop import AioContext
 
@@ -49,7 +49,6 @@ class Machine:
         self.cells: set[str] = set()
         self.cmd_index = -1
         self.drain_depth = 0
-        self.io_in_flight = 0
         self.completing: list[Job] = []
         self.auto_counter = 0
         self.errors: list[str] = []
@@ -57,13 +56,17 @@ class Machine:
         self.top_node: BlockDriverState | None = None
         self.trace: list[str] | None = [] if trace else None
         if trace:
-            self.aio.on_step = lambda key: self.trace.append(f"{self.stamp('')[:-1]} run {key}")
+            self.aio.on_step = lambda key: self.trace.append(f"{self.step_label()} run {key}")
 
     # -- bookkeeping ------------------------------------------------------------
 
+    def step_label(self) -> str:
+        """``<command index>.<loop step>``: where in a run something happened."""
+        return f"{self.cmd_index}.{self.aio.steps}"
+
     def stamp(self, where: str) -> str:
         """``<command>.<loop step> <function>``, and the job whose completion runs."""
-        stamp = f"{self.cmd_index}.{self.aio.steps} {where}"
+        stamp = f"{self.step_label()} {where}"
         if self.completing and where:
             job = self.completing[-1]
             stamp += f" (in {job.job_type} job '{job.id}' completion)"
@@ -75,7 +78,7 @@ class Machine:
     def event(self, name: str, data: dict) -> None:
         self.events.append({"event": name, "data": data})
         if self.trace is not None:
-            self.trace.append(f"{self.stamp('')[:-1]} event {name} {data}")
+            self.trace.append(f"{self.step_label()} event {name} {data}")
 
     def cell(self, name: str) -> None:
         self.cells.add(name)
@@ -105,9 +108,6 @@ class Machine:
     def note_completion_end(self, job: Job) -> None:
         if self.completing and self.completing[-1] is job:
             self.completing.pop()
-
-    def cell_if_completion_ran(self, where: str) -> None:
-        pass
 
     def nested_io_poll(self, what: str) -> None:
         """Synchronous I/O outside coroutine context (bdrv_poll_co): poll until the
@@ -183,7 +183,6 @@ class Machine:
     def create_job(self, cls, job_id: str | None, main_bs: BlockDriverState, **kw) -> Job:
         """block_job_create: id checks, then the job in status 'created'."""
         if job_id is None:
-            from reference.graph import bdrv_get_device_or_node_name
             job_id = device_name(main_bs)
         if not id_wellformed(job_id):
             raise QMPError(f"Invalid job ID '{job_id}'")

@@ -18,7 +18,7 @@ from reference.graph import (bdrv_append_filter, bdrv_cow_bs, bdrv_cow_child, bd
                              bdrv_filter_or_cow_bs, bdrv_find_overlay, bdrv_freeze_backing_chain,
                              bdrv_ref, bdrv_reopen_set_read_only, bdrv_skip_filters,
                              bdrv_unfreeze_backing_chain, bdrv_unref, bdrv_change_backing_file,
-                             bdrv_set_backing_hd, bdrv_filter_child, live)
+                             bdrv_set_backing_hd)
 from reference.job import Job
 
 STREAM_CHUNK = 512 << 10

@@ -19,8 +19,8 @@ from harness.errors import UsageError
 from harness.observation import ChainNode, Finding, Observation, fold_drain_pairs
 from reference import qmp
 from reference.bugs import BUGS
-from reference.errors import BlockfuzzError, ModelFault, QMPError
-from reference.graph import bdrv_filter_or_cow_bs, bdrv_skip_filters
+from reference.errors import BlockfuzzError, ModelFault
+from reference.graph import bdrv_filter_or_cow_bs
 from reference.machine import Machine
 
 #: between two commands the loop runs 0 .. BETWEEN-2 iterations, or (the last
