@@ -76,7 +76,7 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
     except ModelFault as fault:
         first = m.first_fault or fault
         obs.finding = Finding(first.kind, str(first), first.where, m.cmd_index)
-    except (BlockfuzzError, Exception) as exc:  # a bug in the model itself
+    except Exception as exc:  # a bug in the model itself
         tb = traceback.extract_tb(exc.__traceback__)[-1]
         obs.finding = Finding("crash", f"{type(exc).__name__}: {exc}",
                               f"{tb.name}:{type(exc).__name__}", m.cmd_index)
