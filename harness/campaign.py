@@ -86,6 +86,7 @@ class Stats:
     cells: CellCoverage = field(default_factory=CellCoverage)
     kinds: Counter = field(default_factory=Counter)    # distinct signatures by kind
     duplicates: int = 0
+    known: Counter = field(default_factory=Counter)    # documented signatures seen again
     findings: list[StoredFinding] = field(default_factory=list)
     first: FirstFinding | None = None
     pct_threads: int = 0
@@ -114,6 +115,7 @@ class Config:
     stop_at_first: bool = False
     mutator: str = "structure"       # atheris: structure-aware or plain byte mutation
     only: str | None = None          # count only findings with this signature (timing one bug)
+    known: frozenset[str] = frozenset()  # documented behaviours: counted, never reported
 
 
 class Campaign:
@@ -170,6 +172,9 @@ class Campaign:
 
     def found(self, case: Case, outcome: Outcome) -> None:
         stats = self.stats
+        if outcome.signature in self.config.known:
+            stats.known[outcome.signature] += 1
+            return
         if stats.first is None:
             stats.first = FirstFinding(stats.runs, stats.elapsed, outcome.kind)
         if self.config.stop_at_first:
@@ -623,6 +628,8 @@ def summary(c: Campaign, interrupted: bool = False) -> list[str]:
         lines.append(f"first finding: {s.first.kind} at run {s.first.runs:,}, after {s.first.seconds:.2f} s")
     found = ", ".join(f"{k} {n}" for k, n in sorted(s.kinds.items())) or "none"
     lines.append(f"findings: {found} (duplicates {s.duplicates})")
+    for sig, n in sorted(s.known.items()):
+        lines.append(f"  known, not reported: {sig} ({n} run{'s' if n != 1 else ''})")
     for f in s.findings:
         lines.append(f"  {f.outcome.signature}: {f.path}" + ("  FLAKY: replayed as " + ", ".join(f.replays)
                                                            if f.flaky else ""))
@@ -684,6 +691,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth", type=int, default=3, metavar="D",
                         help="PCT: runs cycle through bug depths 1..D (default 3)")
     parser.add_argument("--no-minimize", action="store_true", help="keep findings as found")
+    parser.add_argument("--known", metavar="DIR",
+                        help="case files of documented behaviours (e.g. corpus/known): "
+                             "their signatures are counted but not reported as findings")
     parser.add_argument("--backend", choices=("model", "qemu"), default="model",
                         help="run the generated cases on the model (default) or on real QEMU 7.2")
     parser.add_argument("--differential", action="store_true",
@@ -704,7 +714,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise UsageError("--max-time must be positive")
     runs = args.runs if args.runs is not None or args.max_time is not None else DEFAULT_RUNS
     return Config(engine=args.engine, bugs=bugs, seed=args.seed, budget=Budget(runs, args.max_time),
-                  depth=args.depth, jobs=args.jobs, minimize=not args.no_minimize)
+                  depth=args.depth, jobs=args.jobs, minimize=not args.no_minimize,
+                  known=known_signatures(args.known))
+
+
+def known_signatures(directory: str | None) -> frozenset[str]:
+    """The signatures of the case files in ``directory`` (each replayed on the model
+    with its own schedule, unless its description names its signature)."""
+    if directory is None:
+        return frozenset()
+    if not os.path.isdir(directory):
+        raise UsageError(f"--known {directory}: not a directory")
+    return frozenset(FindingStore(directory, replay=replay_outcome).signatures)
 
 
 def run(args: argparse.Namespace) -> int:

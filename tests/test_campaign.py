@@ -11,7 +11,7 @@ from harness import campaign
 from harness import case as case_mod
 from harness.campaign import (
     Budget, ByteTarget, Campaign, Config, FuzzFinding, LiveStatus, Stats, merge_message, run_seed,
-    status_line, time_to_first_finding,
+    status_line, summary, time_to_first_finding,
 )
 from harness.choices import RandomSource
 from harness.cli import main
@@ -287,3 +287,24 @@ def test_cell_coverage_keeps_the_first_run_per_cell_and_names_what_is_missing():
     assert cov.missing() == [c for c in REQUIRED if c not in cov.first]
     assert cov.lines()[:2] == ["  stream_prepare ran  (the corpus)", "  a job completed inside a drain  (first at run 7)"]
     assert cov.lines()[2:] == [f"  NOT REACHED: {c}" for c in cov.missing()]
+
+
+def test_known_signatures_are_counted_but_never_reported(tmp_path):
+    from harness.campaign import known_signatures
+    known = known_signatures("corpus/known")
+    assert known == {"hang@a guest write on a drained device"}
+    c = Campaign(Config(known=known))
+    case = case_mod.load("corpus/known/guest-write-waits-for-pending-active-commit.json")
+    c.found(case, Outcome("hang", "a guest write on a drained device", "no progress"))
+    c.found(case, Outcome("hang", "a guest write on a drained device", "no progress"))
+    assert c.stats.known == {"hang@a guest write on a drained device": 2}
+    assert not c.stats.kinds and c.stats.first is None and c.stats.duplicates == 0
+    c.found(case, Outcome("crash", "elsewhere", "boom"))
+    assert c.stats.kinds == {"crash": 1}
+    assert "  known, not reported: hang@a guest write on a drained device (2 runs)" in summary(c)
+
+
+def test_known_must_be_a_directory(capsys, tmp_path):
+    assert main(["fuzz", "--runs", "1", "--known", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--known" in err and "not a directory" in err
