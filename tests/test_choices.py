@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from harness.choices import (
-    SCHEDULER_RANDOM, BytesSource, ChoiceSource, HypothesisSource, PCTSource, RandomSource,
-    RecordedSource, byte_width, pct_bound,
+    SCHEDULER_RANDOM, BytesSource, ChoiceSource, HypothesisSource, PCTSource, RandomSource, RecordedSource,
+    byte_width, graph_relevant, job_thread, pct_bound,
 )
 
 
@@ -36,6 +36,16 @@ def test_recorded_source_replays_reduces_modulo_then_gives_zero():
     assert src.recorded == [3, 2, 1, 0]
 
 
+def test_random_source_draws_what_random_randrange_draws():
+    """A case's ``{"policy": "random", "seed": S}`` means Random(S).randrange per decision:
+    the fast path must not change a single schedule."""
+    import random
+    src, reference = RandomSource(11), random.Random(11)
+    sizes = [2, 3, 7, 100, 255, 256, 257, 1000, 65536, 70000, 2**31]
+    assert [src.choose(n, "x") for n in sizes * 20] == [reference.randrange(n) for n in sizes * 20]
+    assert src.choose(1, "x") == 0 and len(src.recorded) == len(sizes) * 20
+
+
 # -- PCT ----------------------------------------------------------------------------
 
 def test_pct_without_change_points_always_runs_the_same_key_first():
@@ -47,12 +57,14 @@ def test_pct_without_change_points_always_runs_the_same_key_first():
     assert src.change_points == {}
 
 
+EXITS = ["bh:job_exit:a", "bh:job_exit:b"]      # completions: graph-relevant decisions
+
+
 def test_pct_change_point_demotes_the_highest_key_there():
     src = PCTSource(seed=3, depth=2, n_steps_estimate=1)
     assert src.change_points == {1: 1.0}
-    keys = ["a", "b"]
-    ran = [keys[src.choose(2, "poll", keys)] for _ in range(4)]
-    (demoted,) = set(keys) - {ran[0]}
+    ran = [job_thread(EXITS[src.choose(2, "poll", EXITS)]) for _ in range(4)]
+    (demoted,) = {"a", "b"} - {ran[0]}
     assert ran == [ran[0]] * 4
     assert src.priorities[demoted] == 1.0
     assert src.priorities[ran[0]] > 2.0
@@ -60,9 +72,23 @@ def test_pct_change_point_demotes_the_highest_key_there():
 
 def test_pct_new_keys_rank_above_demoted_ones():
     src = PCTSource(seed=0, depth=2, n_steps_estimate=1)
-    ran = ["a", "b"][src.choose(2, "poll", ["a", "b"])]
+    ran = job_thread(EXITS[src.choose(2, "poll", EXITS)])
     demoted = "b" if ran == "a" else "a"
-    assert ["x", demoted][src.choose(2, "poll", ["x", demoted])] == "x"
+    keys = ["bh:job_exit:x", f"bh:job_exit:{demoted}"]
+    assert keys[src.choose(2, "poll", keys)] == "bh:job_exit:x"
+
+
+def test_pct_counts_and_changes_only_at_graph_relevant_decisions():
+    src = PCTSource(seed=3, depth=2, n_steps_estimate=1)
+    copies = ["io:a", "timer:b"]                    # copy-loop steps: no graph change offered
+    first = [copies[src.choose(2, "poll", copies)] for _ in range(5)]
+    assert src.steps == 0 and len(set(first)) == 1
+    assert not graph_relevant(copies)
+    assert graph_relevant(["io:a", "io:bdrv_change_backing_file"])
+    top = job_thread(first[0])
+    keys = ["io:a", "bh:job_exit:b"]                # the change point (step 1) is here
+    assert job_thread(keys[src.choose(2, "poll", keys)]) != top
+    assert src.steps == 1
 
 
 def test_pct_generation_choices_are_seeded_random():
@@ -112,13 +138,14 @@ def test_appending_bytes_keeps_earlier_choices():
 
 # -- hypothesis ---------------------------------------------------------------------
 
-def test_hypothesis_source_shrinks_generation_and_schedule_together():
+@pytest.mark.parametrize("draws", ["integers", "bytes"])
+def test_hypothesis_source_shrinks_generation_and_schedule_together(draws):
     seen = []
 
     @settings(max_examples=300, database=None, derandomize=True)
     @given(st.data())
     def prop(data):
-        src = HypothesisSource(data)
+        src = HypothesisSource(data, draws=draws)
         a = src.choose(100, "gen:a")
         b = src.choose(100, "poll", ["co:a", "co:b"])
         seen.append(list(src.recorded))
@@ -127,6 +154,22 @@ def test_hypothesis_source_shrinks_generation_and_schedule_together():
     with pytest.raises(AssertionError):
         prop()
     assert seen[-1] == [0, 50]
+
+
+def test_hypothesis_source_draws_a_new_block_when_one_runs_out():
+    from harness.choices import BLOCK
+    drawn = []
+
+    @settings(max_examples=1, database=None, derandomize=True)
+    @given(st.data())
+    def prop(data):
+        src = HypothesisSource(data)
+        src._block = lambda: drawn.append(1) or bytes(range(BLOCK))
+        values = [src.choose(256, "gen:x") for _ in range(BLOCK + 1)]
+        assert values == list(range(BLOCK)) + [0]
+
+    prop()
+    assert len(drawn) == 2
 
 
 def test_hypothesis_source_random_schedule_replays_through_register_random():
@@ -147,9 +190,11 @@ def test_hypothesis_source_random_schedule_replays_through_register_random():
     assert max(seen[-1]) >= 900
 
 
-def test_hypothesis_source_rejects_an_unknown_schedule():
+def test_hypothesis_source_rejects_an_unknown_schedule_or_draw_kind():
     with pytest.raises(ValueError, match="'draw' or 'random'"):
         HypothesisSource(None, schedule="pct")
+    with pytest.raises(ValueError, match="'bytes' or 'integers'"):
+        HypothesisSource(None, draws="floats")
 
 
 def test_scheduler_random_is_one_object():
