@@ -21,6 +21,8 @@ REQUIRED: tuple[str, ...] = (
     "a node was freed during a drain",
     "a commit_top filter was freed by a job completion",
     "a copy-on-read filter was freed by a job completion",
+    "a completion attached a node another unfinished job holds",
+    "two job completions were pending at once",
 )
 
 

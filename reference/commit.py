@@ -26,6 +26,9 @@ COMMIT_BUFFER_SIZE = 512 << 10
 class CommitJob(Job):
     job_type = "commit"
 
+    def filter_bs(self):
+        return getattr(self, "commit_top_bs", None)
+
     def run(self) -> Generator:
         """commit_run: copy what is allocated above base into base."""
         m = self.m
@@ -136,6 +139,9 @@ class MirrorCommitJob(Job):
     """The active commit: mirror.c with job type ``commit``."""
 
     job_type = "commit"
+
+    def filter_bs(self):
+        return getattr(self, "mirror_top_bs", None)
 
     def run(self) -> Generator:
         """mirror_run, in outline: copy the dirty ranges, become READY, keep copying

@@ -372,6 +372,7 @@ def bdrv_set_backing_hd(bs: BlockDriverState, backing: BlockDriverState | None,
         live(bs, "bdrv_set_backing_hd")
         if backing is not None:
             live(backing, "bdrv_set_backing_hd")
+            bs.m.note_new_backing(backing)
         c = bs.backing
         if c is not None:
             if c.frozen:

@@ -130,6 +130,14 @@ class Job:
         self.edges.append(bdrv_attach_child(self, bs, name))
         bdrv_op_block_all(bs, self.blocker)
 
+    def holds(self, bs) -> bool:
+        """Whether ``bs`` is one of this job's registered nodes or its filter."""
+        return any(c.bs is bs for c in self.edges) or bs is self.filter_bs()
+
+    def filter_bs(self):
+        """The filter node this job inserted, if any."""
+        return None
+
     def remove_all_bdrv(self) -> None:
         """block_job_remove_all_bdrv: drop every registered node (they may be freed)."""
         edges, self.edges = self.edges, []
@@ -256,6 +264,7 @@ class Job:
 
     def _on_return(self, ret) -> None:
         self.ret = int(ret or 0)
+        self.m.note_run_end(self)
         self.deferred_to_main_loop = True
         self.busy = True
         self.m.aio.bh_schedule(f"bh:job_exit:{self.id}", self.job_exit)

@@ -97,6 +97,18 @@ class Machine:
         if self.completing and bs.is_filter:
             self.cell(f"a {bs.drv} filter was freed by a job completion")
 
+    def note_run_end(self, job: Job) -> None:
+        if any(j is not job and j.deferred_to_main_loop and not j.is_completed() for j in self.jobs.values()):
+            self.cell("two job completions were pending at once")
+
+    def note_new_backing(self, backing: BlockDriverState) -> None:
+        """A completion makes ``backing`` some node's backing child: if another unfinished
+        job holds ``backing``, the two completions share a node (a potential
+        communication, as Snowboard calls it: where races between them live)."""
+        if self.completing and any(j is not self.completing[-1] and not j.is_completed() and j.holds(backing)
+                                   for j in self.jobs.values()):
+            self.cell("a completion attached a node another unfinished job holds")
+
     def note_completion_start(self, job: Job) -> None:
         if self.drain_depth > 0:
             self.cell("a job completed inside a drain")

@@ -27,6 +27,9 @@ STREAM_CHUNK = 512 << 10
 class StreamJob(Job):
     job_type = "stream"
 
+    def filter_bs(self):
+        return getattr(self, "cor_filter_bs", None)
+
     def run(self) -> Generator:
         """stream_run: copy what is allocated between the top and base_overlay."""
         m = self.m
