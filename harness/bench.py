@@ -108,6 +108,34 @@ def print_time_to_bug(rows: list[dict]) -> None:
               f"{r['min_s']:>6.2f}-{r['max_s']:<7.2f} {speedup:>8.1f}x")
 
 
+def engine_speed(engine: str, runs: int, seed: int = 0) -> dict:
+    """An engine's runs/s on the fixed model, and the bare model's on the very cases
+    the engine ran (their recorded schedules replayed by ``run_case`` alone): what the
+    engine adds per run is generation, judging and its own bookkeeping."""
+    from harness.campaign import ENGINE_LOOPS, Budget, Campaign, Config
+    cases: list[Case] = []
+    c = Campaign(Config(engine=engine, seed=seed, budget=Budget(runs=runs), minimize=False))
+    observe = c.observe
+
+    def keep(case, observation, outcome):
+        cases.append(case)
+        observe(case, observation, outcome)
+
+    c.observe = keep
+    gc.collect()
+    t0 = time.perf_counter()
+    ENGINE_LOOPS[engine](c)
+    engine_s = time.perf_counter() - t0
+    gc.collect()
+    t0 = time.perf_counter()
+    for case in cases:
+        run_case(case)
+    bare_s = time.perf_counter() - t0
+    return {"engine": engine, "runs": c.stats.runs, "runs_per_s": round(c.stats.runs / engine_s),
+            "bare_runs_per_s": round(len(cases) / bare_s),
+            "ratio": round((len(cases) / bare_s) / (c.stats.runs / engine_s), 2)}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=2000, help="runs per workload (default 2000)")
     p.add_argument("--repeat", type=int, default=3, help="best of N repetitions (default 3)")
@@ -120,9 +148,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trials", type=int, default=10, help="--engines: campaigns per cell (default 10)")
     p.add_argument("--max-runs", type=int, default=40000,
                    help="--engines: run budget of one campaign (default 40000)")
+    p.add_argument("--speed", action="store_true",
+                   help="--engines: instead, each engine's runs/s on the fixed model next to the "
+                        "bare model's on the same cases (--runs of them; atheris runs in libFuzzer "
+                        "and is left out: it prints its own exec/s)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.engines and args.speed:
+        engines = [e for e in args.engines.split(",") if e and e != "atheris"]
+        speeds = [engine_speed(e, args.runs) for e in engines]
+        if args.json:
+            print(json.dumps(speeds, indent=2))
+        for r in speeds if not args.json else ():
+            print(f"{r['engine']:11} {r['runs_per_s']:>6} runs/s; the bare model on its "
+                  f"{r['runs']} cases {r['bare_runs_per_s']:>6} runs/s ({r['ratio']}x)")
+        return 0
     if args.engines:
         rows = time_to_bug([e for e in args.engines.split(",") if e], args.trials, args.max_runs)
         if args.json:
