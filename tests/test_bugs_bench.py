@@ -55,3 +55,18 @@ def test_bench_workload_is_030s_scenario():
 def test_unknown_subcommand_is_a_usage_error(capsys):
     assert main(["frobnicate"]) == 2
     assert capsys.readouterr().err.startswith("blockfuzz: error: ")
+
+
+def test_bench_engine_speed_replays_the_engines_own_cases(capsys):
+    assert main(["bench", "--engines", "random,pct,atheris", "--speed", "--runs", "20", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["engine"] for r in rows] == ["random", "pct"]      # atheris runs in libFuzzer
+    for r in rows:
+        assert r["runs"] == 20 and r["runs_per_s"] > 0 and r["bare_runs_per_s"] > 0
+        assert r["ratio"] == pytest.approx(r["bare_runs_per_s"] / r["runs_per_s"], rel=0.05)
+
+
+def test_bench_engine_speed_text(capsys):
+    assert main(["bench", "--engines", "random", "--speed", "--runs", "10"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("random") and "the bare model on its 10 cases" in line
