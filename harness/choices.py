@@ -13,6 +13,7 @@ which keeps recorded schedules short and stable under shrinking.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Hashable, Sequence
 
 
@@ -149,6 +150,102 @@ class PCTSource(ChoiceSource):
     def threads(self) -> int:
         """How many distinct threads this run has seen (PCT's n)."""
         return len(self.priorities)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision of a run, as :class:`PreemptionSource` saw it.
+
+    ``default`` is what a non-preemptive scheduler picks: the item of the thread
+    that ran last when it is on offer (``continued``), else the oldest item; between
+    two commands, no loop iteration. ``where`` says where the run was (the step
+    label, what the loop was waiting for, whose completion ran) when a machine
+    was attached.
+    """
+
+    index: int
+    n: int
+    label: str
+    keys: tuple | None
+    default: int
+    chosen: int
+    continued: bool
+    where: str = ""
+
+    @property
+    def forced(self) -> bool:
+        return self.chosen != self.default
+
+    @property
+    def kind(self) -> str:
+        """``delay`` (the loop ran on before the next command), ``preemption`` (the
+        thread that ran last was stopped although it could go on) or ``reorder``
+        (it could not; a newer item ran before the oldest)."""
+        if self.keys is None:
+            return "delay"
+        return "preemption" if self.continued else "reorder"
+
+    def describe(self) -> str:
+        if self.keys is None:
+            return f"{self.kind} at {self.where or self.label}: {self.label} ran {self.chosen}, not {self.default}"
+        return (f"{self.kind} at {self.where}: ran {self.keys[self.chosen]} instead of "
+                f"{self.keys[self.default]}")
+
+
+class PreemptionSource(ChoiceSource):
+    """A non-preemptive scheduler with chosen exceptions (CHESS's iterative context
+    bounding, Musuvathi and Qadeer, PLDI 2007).
+
+    By default each decision continues the thread (:func:`job_thread`) that ran
+    last, or runs the oldest item, and runs no loop iteration between commands.
+    ``points`` maps a decision index to the option to take there instead;
+    ``follow`` replays a recorded choice list exactly (0 past its end, as
+    :class:`RecordedSource`) while still noting where it departs from the
+    default. Every decision is kept in ``decisions``.
+    """
+
+    def __init__(self, points: dict[int, int] | None = None, follow: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.points = dict(points or {})
+        self.follow = None if follow is None else list(follow)
+        self.decisions: list[Decision] = []
+        self.last: Hashable | None = None
+        self.machine = None
+
+    def attach(self, machine) -> None:
+        self.machine = machine
+
+    def _pick(self, n: int, label: str, keys: Sequence[Hashable] | None) -> int:
+        i = len(self.decisions)
+        threads = None if keys is None else [job_thread(k) for k in keys]
+        continued = threads is not None and self.last in threads
+        default = threads.index(self.last) if continued else 0
+        if self.follow is not None:
+            chosen = self.follow[i] % n if i < len(self.follow) else 0
+        else:
+            chosen = self.points.get(i, default)
+            chosen = chosen if chosen < n else default
+        if threads is not None:
+            self.last = threads[chosen]
+        self.decisions.append(Decision(i, n, label, None if keys is None else tuple(keys), default, chosen,
+                                       continued, self._where()))
+        return chosen
+
+    def _where(self) -> str:
+        m = self.machine
+        if m is None:
+            return ""
+        where = m.step_label()
+        if m.aio.waiting:
+            where += f" inside the wait for {m.aio.waiting[-1]}"
+        if m.completing:
+            job = m.completing[-1]
+            where += f" ({job.job_type} job '{job.id}' completion)"
+        return where
+
+    @property
+    def forced(self) -> list[Decision]:
+        return [d for d in self.decisions if d.forced]
 
 
 def job_thread(key: Hashable) -> Hashable:

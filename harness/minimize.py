@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 from harness import case as case_mod
 from harness.case import Case, Command
+from harness.choices import Decision, PreemptionSource
 from harness.errors import CaseError, UsageError
 
 #: arguments a command needs to mean anything; the rest may be dropped
@@ -48,6 +49,7 @@ class Minimized:
     kind: str
     runs: int               # model runs spent
     before: Case
+    forced: tuple[Decision, ...] | None = None   # model runs: the schedule's forced decisions
 
     @property
     def preemptions(self) -> int:
@@ -129,7 +131,8 @@ def minimize(case: Case, kind: str | None = None, run: Callable[[Case], Run] = r
         for shrink in PASSES:
             shrink(search)
         progress = search.best != before
-    return Minimized(search.best, kind, search.runs, case)
+    forced = tuple(forced_decisions(search.best)) if run is run_on_model else None
+    return Minimized(search.best, kind, search.runs, case, forced)
 
 
 # -- pass 1: commands -------------------------------------------------------------
@@ -206,7 +209,76 @@ def shrink_schedule(search: _Search) -> None:
                 break
 
 
-PASSES: tuple[Callable[[_Search], None], ...] = (shrink_commands, shrink_images, shrink_schedule)
+# -- pass 4: the fewest forced decisions (model runs only) ---------------------------
+
+#: forced decisions (delays, preemptions, reorders) a bounded search tries at most
+MAX_FORCED = 3
+
+
+def forced_decisions(case: Case) -> list[Decision]:
+    """Where ``case``'s recorded schedule departs from a non-preemptive one, with
+    where in the run each departure happened."""
+    from harness.backends.reference import run_case
+    source = PreemptionSource(follow=case.schedule.get("choices", ()))
+    run_case(case, source)
+    return source.forced
+
+
+def bound_preemptions(search: _Search) -> None:
+    """Iterative context bounding (CHESS): run the case with a non-preemptive schedule,
+    then with every schedule that forces one decision, then two, ... up to
+    :data:`MAX_FORCED` or the run budget; the first that shows the same finding
+    replaces the schedule when it forces fewer decisions than the current one.
+    A random schedule that found a race forces dozens of decisions; the race itself
+    usually needs one or two, and the result says which. When no schedule within the
+    bound shows the finding, the recorded schedule is shrunk instead
+    (:func:`shrink_schedule`)."""
+    from harness.backends.reference import run_case
+    from harness.corpus import judge
+    case = search.best
+    current = len(forced_decisions(case))
+    search.runs += 1
+    frontier: list[tuple[dict[int, int], list[Decision]]] = []
+    for k in range(min(MAX_FORCED, current - 1) + 1):
+        grown = []
+        for points in _extend(frontier, k):
+            if search.exhausted:
+                return
+            source = PreemptionSource(points)
+            search.runs += 1
+            outcome = judge(case, run_case(case, source))
+            if (outcome.kind, outcome.where) == (search.kind, search.where):
+                search.attempt(with_choices(case, source.recorded))
+                return
+            grown.append((points, source.decisions))
+        frontier = grown
+    if current > MAX_FORCED:
+        shrink_schedule(search)
+
+
+def schedule_pass(search: _Search) -> None:
+    """Pass 3: on the model, the fewest forced decisions; with another runner (tests,
+    a backend without a scheduler to steer), the shortest recorded schedule."""
+    if search.run is run_on_model:
+        bound_preemptions(search)
+    else:
+        shrink_schedule(search)
+
+
+def _extend(frontier: list[tuple[dict[int, int], list[Decision]]], k: int):
+    """The schedules with ``k`` forced decisions: each of ``frontier`` (``k - 1`` of them)
+    with one more, at a later decision, to any option but the default."""
+    if k == 0:
+        yield {}
+        return
+    for points, decisions in frontier:
+        for d in decisions[max(points, default=-1) + 1:]:
+            for option in range(d.n):
+                if option != d.default:
+                    yield {**points, d.index: option}
+
+
+PASSES: tuple[Callable[[_Search], None], ...] = (shrink_commands, shrink_images, schedule_pass)
 
 
 # -- the command line -------------------------------------------------------------
@@ -245,13 +317,19 @@ def _default_output(path: str) -> str:
 
 
 def describe(result: Minimized) -> str:
-    """One line: what the minimization kept of the case."""
+    """What the minimization kept of the case; on the model, then one line per forced
+    decision of its schedule (where it happened, what ran instead of what)."""
     a, b = result.before, result.case
     writes = lambda c: sum(len(i.writes) for i in c.images)  # noqa: E731
-    return (f"{result.kind}: {len(a.commands)} -> {len(b.commands)} commands, "
+    head = (f"{result.kind}: {len(a.commands)} -> {len(b.commands)} commands, "
             f"{len(a.images)} -> {len(b.images)} images, {writes(a)} -> {writes(b)} writes, "
-            f"{len(b.schedule.get('choices', ()))} choices "
-            f"({_plural(result.preemptions, 'preemption')}), {result.runs} runs")
+            f"{len(b.schedule.get('choices', ()))} choices ")
+    if result.forced is None:
+        return head + f"({_plural(result.preemptions, 'preemption')}), {result.runs} runs"
+    kinds = [d.kind for d in result.forced]
+    counted = ", ".join(_plural(kinds.count(k), k) for k in ("delay", "preemption", "reorder") if k in kinds)
+    head += f"(needs {_plural(len(kinds), 'forced decision')}{': ' + counted if kinds else ''}), {result.runs} runs"
+    return "\n".join([head] + [f"  {d.describe()}" for d in result.forced])
 
 
 def _plural(n: int, word: str) -> str:

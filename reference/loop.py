@@ -50,6 +50,7 @@ class AioContext:
         self.steps = 0
         self.poll_depth = 0
         self.on_step: Callable[[str], None] | None = None
+        self.waiting: list[str] = []    # what each nested poll_while waits for, outermost first
 
     # -- scheduling ---------------------------------------------------------
 
@@ -108,6 +109,7 @@ class AioContext:
         if not cond():
             return
         self.poll_depth += 1
+        self.waiting.append(what)
         try:
             if self.poll_depth > MAX_POLL_DEPTH:
                 raise Hang(f"{what} (poll nesting deeper than {MAX_POLL_DEPTH})", self.steps)
@@ -116,6 +118,7 @@ class AioContext:
                     raise Hang(what, self.steps)
         finally:
             self.poll_depth -= 1
+            self.waiting.pop()
 
 
 class Yield:

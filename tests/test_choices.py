@@ -3,8 +3,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from harness.choices import (
-    SCHEDULER_RANDOM, BytesSource, ChoiceSource, HypothesisSource, PCTSource, RandomSource, RecordedSource,
-    byte_width, graph_relevant, job_thread, pct_bound,
+    SCHEDULER_RANDOM, BytesSource, ChoiceSource, HypothesisSource, PCTSource, PreemptionSource, RandomSource,
+    RecordedSource, byte_width, graph_relevant, job_thread, pct_bound,
 )
 
 
@@ -107,6 +107,34 @@ def test_pct_bound_is_one_over_n_k_to_the_d_minus_one():
     assert pct_bound(4, 10, 3) == 1 / 400
     assert pct_bound(5, 1000, 1) == 1 / 5
     assert pct_bound(0, 0, 2) == 1.0
+
+
+# -- non-preemptive schedules with exceptions ----------------------------------------
+
+def test_preemption_source_continues_the_thread_that_ran_last():
+    src = PreemptionSource()
+    assert src.choose(2, "poll", ["timer:a", "timer:b"]) == 0          # the oldest: a
+    assert src.choose(2, "poll", ["timer:b", "io:a"]) == 1             # a goes on
+    assert src.choose(3, "between") == 0                               # no loop between commands
+    assert src.choose(2, "poll", ["timer:b", "bh:job_exit:c"]) == 0    # a is gone: the oldest
+    assert src.forced == [] and src.recorded == [0, 1, 0, 0]
+
+
+def test_preemption_source_points_force_decisions_and_name_their_kind():
+    src = PreemptionSource({1: 0, 2: 2, 3: 1})
+    keys = [["timer:a", "timer:b"], ["timer:b", "io:a"], None, ["timer:c", "io:d"]]
+    for k in keys:
+        src.choose(3 if k is None else 2, "between" if k is None else "poll", k)
+    assert [(d.index, d.kind, d.chosen, d.default) for d in src.forced] == [
+        (1, "preemption", 0, 1), (2, "delay", 2, 0), (3, "reorder", 1, 0)]
+    assert src.forced[0].describe() == "preemption at : ran timer:b instead of io:a"
+
+
+def test_preemption_source_follows_a_recorded_schedule_and_finds_its_departures():
+    src = PreemptionSource(follow=[1, 1])
+    assert [src.choose(2, "poll", ["timer:a", "timer:b"]) for _ in range(3)] == [1, 1, 0]
+    # b first is a reorder; past the list 0 (a) stops b, which could go on
+    assert [(d.index, d.kind) for d in src.forced] == [(0, "reorder"), (2, "preemption")]
 
 
 # -- bytes --------------------------------------------------------------------------

@@ -76,12 +76,38 @@ def test_the_030_regression_minimizes_within_the_seed_scenario(tmp_path, capsys,
     assert main(["minimize", src, "-o", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"{kind}: 4 -> ")
-    assert lines[1] == f"wrote {out}"
+    # a random schedule's dozens of departures come down to the one the race needs:
+    # stop the commit before its last copy, so that it completes inside the stream's
+    assert lines[0].endswith("choices (needs 1 forced decision: 1 preemption), " + lines[0].split()[-2] + " runs")
+    assert lines[1] == "  preemption at 2.35: ran timer:node4 instead of io:drive0"
+    assert lines[2] == f"wrote {out}"
     small = case_mod.load(str(out))
     assert len(small.images) <= 6 and len(small.commands) <= 5
     assert small.expect == {"verdict": kind}
     for _ in range(2):
         assert check(small, run_case(small)).kind == kind
+
+
+def test_bounded_search_names_each_forced_decision_and_where_it_was():
+    from harness.minimize import forced_decisions
+    case = case_mod.load("corpus/regressions/overlapping_5-stream-prepare-no-drain.json")
+    small = minimize(case, max_runs=3000)
+    assert [d.describe() for d in small.forced] == ["preemption at 2.35: ran timer:node4 instead of io:drive0"]
+    assert [d.describe() for d in forced_decisions(small.case)] == [d.describe() for d in small.forced]
+    assert len(forced_decisions(case)) > 10       # the random schedule the regression recorded
+    assert check(small.case, run_case(small.case)).kind == "use-after-free"
+
+
+def test_a_decision_inside_a_wait_says_what_was_awaited_and_whose_completion_ran():
+    from harness.choices import PreemptionSource
+    case = case_mod.load("corpus/regressions/overlapping_5-stream-prepare-no-drain-stale-header.json")
+    source = PreemptionSource(follow=case.schedule["choices"])
+    run_case(case, source)
+    inside = [d.where for d in source.decisions if "inside the wait for" in d.where]
+    assert "inside the wait for bdrv_change_backing_file (stream job 'node4' completion)" in {
+        w.split(' ', 1)[1] for w in inside}
+    kinds = {d.kind for d in source.forced}
+    assert kinds <= {"delay", "preemption", "reorder"} and "preemption" in kinds
 
 
 def test_minimize_cli_default_output_and_bug_override(tmp_path, capsys):
