@@ -188,8 +188,14 @@ class Decision:
     def describe(self) -> str:
         if self.keys is None:
             return f"{self.kind} at {self.where or self.label}: {self.label} ran {self.chosen}, not {self.default}"
-        return (f"{self.kind} at {self.where}: ran {self.keys[self.chosen]} instead of "
-                f"{self.keys[self.default]}")
+        return f"{self.kind} at {self.where}: ran {self._item(self.chosen)} instead of {self._item(self.default)}"
+
+    def _item(self, i: int) -> str:
+        """The key of option ``i``, numbered when several options share it (oldest #1)."""
+        key = self.keys[i]
+        if self.keys.count(key) == 1:
+            return str(key)
+        return f"{key} #{self.keys[:i].count(key) + 1}"
 
 
 class PreemptionSource(ChoiceSource):
