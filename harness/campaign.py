@@ -166,6 +166,11 @@ class Campaign:
         share = min(self.stats.cell_runs[x] for x in cells) / self.stats.runs
         return min(FOCUS_MAX, int(FOCUS_SCALE / max(share, 1e-6)))
 
+    def new_finding(self, outcome: Outcome) -> bool:
+        """A finding not seen yet in this campaign and not a documented behaviour."""
+        return (self.interesting(outcome) and outcome.signature not in self.signatures
+                and outcome.signature not in self.config.known)
+
     def interesting(self, outcome: Outcome) -> bool:
         only = self.config.only
         return outcome.kind != "ok" and (only is None or only in (outcome.signature, outcome.kind))
@@ -303,7 +308,7 @@ def _hypothesis_chunk(c: Campaign, seed: int) -> tuple[Case, Outcome] | None:
     @given(st.data())
     def prop(data):
         case, observation, outcome = run_generated(HypothesisSource(data), c.config.bugs)
-        if not c.interesting(outcome) or outcome.signature in c.signatures:
+        if not c.new_finding(outcome):
             c.observe(case, observation, outcome)
             return
         c.stats.runs += 1              # counted here; the finding is kept after shrinking

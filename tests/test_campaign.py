@@ -304,6 +304,18 @@ def test_known_signatures_are_counted_but_never_reported(tmp_path):
     assert "  known, not reported: hang@a guest write on a drained device (2 runs)" in summary(c)
 
 
+def test_a_known_signature_is_not_a_new_finding_for_hypothesis_either():
+    """hypothesis's test raises only for a new finding; a documented one is counted
+    through observe like any run (it once set the campaign's first finding)."""
+    c = Campaign(Config(engine="hypothesis", known=frozenset({"hang@a guest write on a drained device"})))
+    assert not c.new_finding(Outcome("hang", "a guest write on a drained device", "no progress"))
+    assert not c.new_finding(Outcome("ok", "", ""))
+    crash = Outcome("crash", "elsewhere", "boom")
+    assert c.new_finding(crash)
+    c.signatures.add(crash.signature)
+    assert not c.new_finding(crash)
+
+
 def test_known_must_be_a_directory(capsys, tmp_path):
     assert main(["fuzz", "--runs", "1", "--known", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
