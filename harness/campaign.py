@@ -156,14 +156,19 @@ class Campaign:
         self.stats.pct_threads = max(self.stats.pct_threads, source.threads)
         self.stats.pct_steps = max(self.stats.pct_steps, source.steps)
 
-    def focus_energy(self, observation) -> int:
-        """How many more schedules this run's case deserves: the rarer the rarest cell it
-        reached (the share of runs that reached it), the more (AFL's energy, with
-        scenario cells for edges)."""
+    def rarest_share(self, observation) -> float | None:
+        """The share of runs so far that reached this run's rarest cell (None: no cell)."""
         cells = observation.extra.get("cells", ())
         if not cells or not self.stats.runs:
+            return None
+        return min(self.stats.cell_runs[x] for x in cells) / self.stats.runs
+
+    def focus_energy(self, observation) -> int:
+        """How many more schedules this run's case deserves: the rarer the rarest cell it
+        reached, the more (AFL's energy, with scenario cells for edges)."""
+        share = self.rarest_share(observation)
+        if share is None:
             return 0
-        share = min(self.stats.cell_runs[x] for x in cells) / self.stats.runs
         return min(FOCUS_MAX, int(FOCUS_SCALE / max(share, 1e-6)))
 
     def new_finding(self, outcome: Outcome) -> bool:
@@ -220,30 +225,39 @@ def run_random(c: Campaign, first: int = 0, stride: int = 1) -> None:
 
 
 def run_pct(c: Campaign, first: int = 0, stride: int = 1) -> None:
-    """PCT schedules, iterative deepening over depths 1..``depth``, and *focus*: a case
-    that reached a rare scenario cell is run again under more PCT schedules
-    (:meth:`Campaign.focus_energy`): its commands reached a dangerous precondition, so
-    its interleavings are worth more than a fresh case's. (Measured: a focus run finds
-    the seed bug 4-5 times as often as a fresh one. Mutants of the case, one structural
-    mutation away, did no better than the case itself, so focus keeps the case; nor did
-    a pool of generator-choice mutants steered by scenario cells, a completion-time gap
-    and a near-miss distance: median runs to the seed bug 665-780 against 572-660
-    without it, 40 campaigns each.)"""
+    """PCT schedules, iterative deepening over depths 1..``depth``, on cases drawn from
+    a grammar that learns from runs that reached rare scenario cells
+    (:mod:`harness.learning`), and *focus*: such a case is run again under more PCT
+    schedules (:meth:`Campaign.focus_energy`): its commands reached a dangerous
+    precondition, so its interleavings are worth more than a fresh case's.
+
+    Tried and dropped, measured on the seed bug: mutants of a focused case, one
+    structural mutation away, did no better than the case itself; nor did a pool of
+    generator-choice mutants steered by cells, completion-time gaps and a near-miss
+    distance (AFL-style): one mutation moves one part of a race, which needs several."""
+    from harness.learning import GrammarModel, LearnedPCTSource
+    model = GrammarModel()
     index = first
     while not c.done():
-        source = _pct_source(c, run_seed(c.config.seed, index), index)
+        depth, steps = _pct_shape(c, index)
+        source = LearnedPCTSource(run_seed(c.config.seed, index), depth, steps, model)
         case, observation, outcome = run_generated(source, c.config.bugs)
         c.note_pct(source)
         c.observe(case, observation, outcome)
+        model.learn(source.generated, c.rarest_share(observation))
         energy = c.focus_energy(observation) if outcome.kind == "ok" else 0
         if energy:
             _focus(c, case, index, energy)
         index += stride
 
 
+def _pct_shape(c: Campaign, index: int) -> tuple[int, int]:
+    """PCT's depth (cycling through 1..depth) and step estimate for run ``index``."""
+    return 1 + index % c.config.depth, max(c.stats.pct_steps, PCT_FIRST_ESTIMATE if not c.stats.runs else 1)
+
+
 def _pct_source(c: Campaign, seed: int, index: int) -> PCTSource:
-    depth = 1 + index % c.config.depth
-    return PCTSource(seed, depth, max(c.stats.pct_steps, PCT_FIRST_ESTIMATE if not c.stats.runs else 1))
+    return PCTSource(seed, *_pct_shape(c, index))
 
 
 def _focus(c: Campaign, case: Case, index: int, runs: int) -> None:

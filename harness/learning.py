@@ -1,0 +1,71 @@
+"""A probabilistic grammar that learns from the runs that reached rare scenario cells.
+
+The grammar (:mod:`harness.generate`) asks for every decision by label
+("gen:command", "gen:commit:speed", "gen:stream:onto-filter", ...). Uniform
+choices reach a race between two completions about once in a thousand
+cases: it takes a stream onto another job's filter *and* jobs that end at
+the same virtual instant *and* the interleaving, each a few decisions of
+their own. Each part shows in the scenario cells before the whole does
+("stream_prepare ran while a commit was pending", "a completion attached a
+node another unfinished job holds", "two job completions were pending at
+once"), so a run that reached a rare cell teaches the grammar: every choice
+it made gains weight under its label, the more the rarer the cell
+(Soremekun et al., "Inputs from Hell", TSE 2020, learn a probabilistic
+grammar from samples; the cross-entropy method does it iteratively). The
+parts then combine in later cases, where mutating one case (tried first, see
+:func:`harness.campaign.run_pct`) only ever moved one part at a time.
+
+A share of decisions stays uniform (:data:`EXPLORE`), so nothing the grammar
+can produce becomes unreachable.
+"""
+from __future__ import annotations
+
+import random
+from typing import Hashable, Iterable, Sequence
+
+from harness.choices import PCTSource
+
+EXPLORE = 0.25      # share of generator decisions drawn uniformly, whatever was learned
+RARE = 0.2          # a run teaches when its rarest cell was reached by fewer than this share of runs
+MAX_WEIGHT = 100.0  # what one run can add to a choice's weight
+
+
+class GrammarModel:
+    """Per (label, range): a weight per option, 1 until runs teach otherwise."""
+
+    def __init__(self) -> None:
+        self.weights: dict[tuple[str, int], list[float]] = {}
+        self.lessons = 0
+
+    def sample(self, rng: random.Random, label: str, n: int) -> int:
+        w = self.weights.get((label, n))
+        if w is None or rng.random() < EXPLORE:
+            return rng.randrange(n)
+        return rng.choices(range(n), w)[0]
+
+    def learn(self, decisions: Iterable[tuple[str, int, int]], rarest_share: float | None) -> bool:
+        """Weigh a run's generator decisions by how rare its rarest cell is; True if it taught."""
+        if rarest_share is None or rarest_share >= RARE:
+            return False
+        weight = min(MAX_WEIGHT, RARE / max(rarest_share, 1e-9))
+        for label, n, value in decisions:
+            self.weights.setdefault((label, n), [1.0] * n)[value] += weight
+        self.lessons += 1
+        return True
+
+
+class LearnedPCTSource(PCTSource):
+    """PCT for the scheduler; the generator's decisions sampled from ``model``.
+    ``generated`` keeps them (label, range, value) for :meth:`GrammarModel.learn`."""
+
+    def __init__(self, seed: int, depth: int, n_steps_estimate: int, model: GrammarModel) -> None:
+        super().__init__(seed, depth, n_steps_estimate)
+        self.model = model
+        self.generated: list[tuple[str, int, int]] = []
+
+    def _pick(self, n: int, label: str, keys: Sequence[Hashable] | None) -> int:
+        if keys is not None:
+            return super()._pick(n, label, keys)
+        value = self.model.sample(self.rng, label, n)
+        self.generated.append((label, n, value))
+        return value
