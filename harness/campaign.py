@@ -4,7 +4,8 @@ Four engines draw cases through the one grammar (:mod:`harness.generate`)
 and differ only in where the choices come from:
 
 ``random``      seeded uniform choices (:class:`~harness.choices.RandomSource`), the baseline;
-``pct``         the same for the grammar, PCT priorities for the scheduler
+``pct``         a grammar that learns from runs that reached rare scenario cells
+                (:mod:`harness.learning`), PCT priorities for the scheduler
                 (:class:`~harness.choices.PCTSource`); prints the bound it achieved;
 ``hypothesis``  ``st.data()`` (:class:`~harness.choices.HypothesisSource`): hypothesis
                 shrinks commands and schedule together; the ``ci`` profile when ``CI`` is set;
