@@ -209,10 +209,12 @@ def keep_finding(store: FindingStore, case: Case, outcome: Outcome,
     if minimize_it:
         from harness.backends.reference import run_case
         from harness.minimize import minimize
-        small = minimize(case, outcome.kind, max_runs=MINIMIZE_RUNS).case
-        shrunk = judge(small, run_case(small))
+        result = minimize(case, outcome.kind, max_runs=MINIMIZE_RUNS)
+        shrunk = judge(result.case, run_case(result.case))
         if shrunk.kind == outcome.kind:
-            return store.add(small, shrunk, aliases=(outcome.signature,))
+            stored = store.add(result.case, shrunk, aliases=(outcome.signature,))
+            needs = tuple(d.describe() for d in result.forced or ()) or ("nothing beyond a non-preemptive schedule",)
+            return replace(stored, needs=needs)
     return store.add(case, outcome)
 
 
@@ -656,6 +658,7 @@ def summary(c: Campaign, interrupted: bool = False) -> list[str]:
     for f in s.findings:
         lines.append(f"  {f.outcome.signature}: {f.path}" + ("  FLAKY: replayed as " + ", ".join(f.replays)
                                                            if f.flaky else ""))
+        lines += [f"    needs {d}" for d in f.needs]
     if c.config.engine == "pct" and s.runs:
         lines.append(pct_summary(c))
     return lines

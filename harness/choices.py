@@ -186,6 +186,9 @@ class Decision:
         return "preemption" if self.continued else "reorder"
 
     def describe(self) -> str:
+        if self.keys is None and self.label == "between":     # the last option runs until idle
+            ran = "until idle" if self.chosen == self.n - 1 else _plural(self.chosen, "iteration")
+            return f"delay at {self.where}: the loop ran {ran} before the next command"
         if self.keys is None:
             return f"{self.kind} at {self.where or self.label}: {self.label} ran {self.chosen}, not {self.default}"
         return f"{self.kind} at {self.where}: ran {self._item(self.chosen)} instead of {self._item(self.default)}"
@@ -252,6 +255,10 @@ class PreemptionSource(ChoiceSource):
     @property
     def forced(self) -> list[Decision]:
         return [d for d in self.decisions if d.forced]
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def job_thread(key: Hashable) -> Hashable:

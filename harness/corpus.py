@@ -43,6 +43,7 @@ class StoredFinding:
     outcome: Outcome
     path: str
     replays: tuple[str, ...]        # the kinds the two replays showed
+    needs: tuple[str, ...] = ()     # minimized on the model: the schedule's forced decisions
 
     @property
     def flaky(self) -> bool:

@@ -57,6 +57,10 @@ def test_a_campaign_keeps_minimized_findings_that_replay(capsys, tmp_path):
                                 "first finding: wrong-backing at run ")) for line in lines)
     files = sorted(findings.iterdir())
     assert files and all(f.name.startswith(("use-after-free-", "wrong-backing-")) for f in files)
+    # each kept finding says what its schedule needs beyond a non-preemptive one
+    listed = [i for i, line in enumerate(lines) if line.startswith(("  use-after-free@", "  wrong-backing@"))]
+    assert len(listed) == len(files)
+    assert all(lines[i + 1].startswith("    needs ") for i in listed)
     for f in files:
         small = case_mod.load(str(f))
         assert len(small.images) <= 6 and len(small.commands) <= 5

@@ -128,6 +128,8 @@ def test_preemption_source_points_force_decisions_and_name_their_kind():
     assert [(d.index, d.kind, d.chosen, d.default) for d in src.forced] == [
         (1, "preemption", 0, 1), (2, "delay", 2, 0), (3, "reorder", 1, 0)]
     assert src.forced[0].describe() == "preemption at : ran timer:b instead of io:a"
+    assert src.forced[1].describe() == "delay at : the loop ran until idle before the next command"
+    assert src.forced[2].describe() == "reorder at : ran io:d instead of timer:c"
     twins = PreemptionSource({0: 1})
     twins.choose(2, "poll", ["io:bdrv_change_backing_file"] * 2)
     assert twins.forced[0].describe() == ("reorder at : ran io:bdrv_change_backing_file #2 instead of "
