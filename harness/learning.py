@@ -21,6 +21,8 @@ can produce becomes unreachable.
 from __future__ import annotations
 
 import random
+from bisect import bisect
+from itertools import accumulate
 from typing import Hashable, Iterable, Sequence
 
 from harness.choices import PCTSource
@@ -35,13 +37,17 @@ class GrammarModel:
 
     def __init__(self) -> None:
         self.weights: dict[tuple[str, int], list[float]] = {}
+        self.cumulative: dict[tuple[str, int], list[float]] = {}   # running sums, until the next lesson
         self.lessons = 0
 
     def sample(self, rng: random.Random, label: str, n: int) -> int:
-        w = self.weights.get((label, n))
-        if w is None or rng.random() < EXPLORE:
-            return rng.randrange(n)
-        return rng.choices(range(n), w)[0]
+        key = (label, n)
+        if key not in self.weights or rng.random() < EXPLORE:
+            return int(rng.random() * n)
+        cum = self.cumulative.get(key)
+        if cum is None:
+            cum = self.cumulative[key] = list(accumulate(self.weights[key]))
+        return min(n - 1, bisect(cum, rng.random() * cum[-1]))
 
     def learn(self, decisions: Iterable[tuple[str, int, int]], rarest_share: float | None) -> bool:
         """Weigh a run's generator decisions by how rare its rarest cell is; True if it taught."""
@@ -50,6 +56,7 @@ class GrammarModel:
         weight = min(MAX_WEIGHT, RARE / max(rarest_share, 1e-9))
         for label, n, value in decisions:
             self.weights.setdefault((label, n), [1.0] * n)[value] += weight
+        self.cumulative.clear()
         self.lessons += 1
         return True
 
