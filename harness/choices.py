@@ -107,7 +107,7 @@ class PCTSource(ChoiceSource):
     Decisions without keys (the case generator's) are seeded random.
     """
 
-    def __init__(self, seed: int, depth: int = 2, n_steps_estimate: int = 50,
+    def __init__(self, seed: int, depth: int = 2, n_steps_estimate: int = 10,
                  thread_of=None, relevant=None) -> None:
         super().__init__()
         self.thread_of = thread_of or job_thread
