@@ -79,33 +79,47 @@ ENGINE_BUGS = (("stream-prepare-no-drain", "use-after-free"),
 def time_to_bug(engines: list[str], seeds: int, max_runs: int) -> list[dict]:
     """FuzzBench-style time to first finding: for each engine and each form of the
     seed bug, ``seeds`` campaigns from an empty corpus until the bug's finding kind
-    first shows; the median and the spread, in runs and seconds."""
+    first shows; the median, the spread and the interquartile range in runs and
+    seconds, and against random (when it is among ``engines``) Â12 and the
+    Mann-Whitney p-value on runs (:mod:`harness.stats`). A campaign that found
+    nothing counts as ``max_runs``."""
     from statistics import median
 
     from harness.campaign import time_to_first_finding
+    from harness.stats import a12, iqr, mann_whitney_p
     rows = []
     for bug, kind in ENGINE_BUGS:
         for engine in engines:
             trials = [time_to_first_finding(engine, bug, seed, max_runs, kind) for seed in range(seeds)]
+            all_runs = [r if v == kind else max_runs for r, _, v in trials]
             found = [(r, s) for r, s, v in trials if v == kind]
             runs = sorted(r for r, _ in found) or [max_runs]
             secs = sorted(s for _, s in found) or [float("nan")]
             rows.append({"bug": bug, "engine": engine, "found": len(found), "trials": seeds,
                          "median_runs": median(runs), "min_runs": runs[0], "max_runs": runs[-1],
+                         "iqr_runs": iqr(sorted(all_runs)), "runs": all_runs,
                          "median_s": round(median(secs), 3), "min_s": round(secs[0], 3),
                          "max_s": round(secs[-1], 3)})
+        base = next((r for r in rows if r["bug"] == bug and r["engine"] == "random"), None)
+        for r in rows:
+            if base is not None and r["bug"] == bug and r is not base:
+                r["a12_vs_random"] = round(a12(r["runs"], base["runs"]), 2)
+                r["p_vs_random"] = round(mann_whitney_p(r["runs"], base["runs"]), 4)
     return rows
 
 
 def print_time_to_bug(rows: list[dict]) -> None:
     base = {r["bug"]: r["median_s"] for r in rows if r["engine"] == "random"}
-    print(f"{'bug':26} {'engine':10} {'found':>6} {'median runs':>12} {'runs min-max':>14} "
-          f"{'median s':>9} {'s min-max':>14} {'vs random':>9}")
+    print(f"{'bug':26} {'engine':10} {'found':>6} {'median runs':>12} {'IQR runs':>12} {'runs min-max':>14} "
+          f"{'median s':>9} {'s min-max':>14} {'vs random':>9} {'A12':>5} {'p':>7}")
     for r in rows:
         speedup = base.get(r["bug"], 0) / r["median_s"] if r["median_s"] else float("nan")
+        q1, q3 = r["iqr_runs"]
+        versus = (f"{r['a12_vs_random']:>5.2f} {r['p_vs_random']:>7.4f}" if "a12_vs_random" in r
+                  else f"{'-':>5} {'-':>7}")
         print(f"{r['bug']:26} {r['engine']:10} {r['found']:>3}/{r['trials']:<2} {r['median_runs']:>12.0f} "
-              f"{r['min_runs']:>6}-{r['max_runs']:<7} {r['median_s']:>9.3f} "
-              f"{r['min_s']:>6.2f}-{r['max_s']:<7.2f} {speedup:>8.1f}x")
+              f"{f'{q1:.0f}-{q3:.0f}':>12} {r['min_runs']:>6}-{r['max_runs']:<7} {r['median_s']:>9.3f} "
+              f"{r['min_s']:>6.2f}-{r['max_s']:<7.2f} {speedup:>8.1f}x {versus}")
 
 
 def engine_speed(engine: str, runs: int, seed: int = 0) -> dict:

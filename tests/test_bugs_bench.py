@@ -70,3 +70,15 @@ def test_bench_engine_speed_text(capsys):
     assert main(["bench", "--engines", "random", "--speed", "--runs", "10"]) == 0
     (line,) = capsys.readouterr().out.splitlines()
     assert line.startswith("random") and "the bare model on its 10 cases" in line
+
+
+def test_bench_engines_compares_each_engine_with_random(capsys):
+    assert main(["bench", "--engines", "random,pct", "--trials", "2", "--max-runs", "3000", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["bug"], r["engine"]) for r in rows] == [
+        ("stream-prepare-no-drain", "random"), ("stream-prepare-no-drain", "pct"),
+        ("stream-prepare-ref-only", "random"), ("stream-prepare-ref-only", "pct")]
+    for r in rows:
+        assert len(r["runs"]) == 2 and r["iqr_runs"][0] <= r["median_runs"] <= r["iqr_runs"][1] or r["found"] < 2
+        assert ("a12_vs_random" in r) == (r["engine"] == "pct")
+    assert all(0 <= r["a12_vs_random"] <= 1 and 0 < r["p_vs_random"] <= 1 for r in rows if r["engine"] == "pct")
