@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from reference.errors import BlockfuzzError
@@ -65,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:          # `blockfuzz show ... | head`: the reader has had enough
+        try:                         # nothing more to flush at exit either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
     except BlockfuzzError as e:
         print(f"blockfuzz: error: {e}", file=sys.stderr)
         return 2

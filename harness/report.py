@@ -16,6 +16,9 @@ command where it happened::
     ...
     !! use-after-free: node 'commit-filter' was freed at step 3.74 ...
 
+``--schedule`` says where the run's schedule departs from a non-preemptive
+one (each step continues the job that ran last; commands back to back): the
+delays, preemptions and reorders a race needed, each with where it was.
 ``--trace`` prints the model's own one-line-per-event trace (``3.72 run
 bh:job_exit:node4``: command 3, loop step 72); ``--graph OUT.svg|png|dot``
 draws the block graph after the chain is built and at the end (or at the
@@ -52,6 +55,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the model's one-line-per-event trace")
     parser.add_argument("--transcript", action="store_true",
                         help="print the QMP transcript (the default when nothing else is asked for)")
+    parser.add_argument("--schedule", action="store_true",
+                        help="say where the run's schedule departs from a non-preemptive one")
     parser.add_argument("--graph", metavar="OUT.svg|OUT.png|OUT.dot",
                         help="draw the block graph before and after the run (or at the fault)")
     parser.add_argument("--iotest", metavar="OUT.py",
@@ -70,10 +75,12 @@ def run(args: argparse.Namespace) -> int:
     observation = observe(case, bugs, args.seed)
     verdict = check(case, observation)
     print(f"verdict: {verdict}")
-    if args.transcript or not (args.trace or args.graph or args.iotest):
+    if args.transcript or not (args.trace or args.graph or args.iotest or args.schedule):
         print("\n".join(transcript(case, observation)))
     if args.trace:
         print("\n".join(trace_lines(observation)))
+    if args.schedule:
+        print("\n".join(schedule_lines(case, bugs, observation)))
     if args.graph:
         write_graph(graph_source(case, bugs, args.seed), args.graph, graph_format)
         print(f"wrote {args.graph}")
@@ -107,6 +114,21 @@ def observe(case: Case, bugs: Iterable[str] | None, seed: int | None) -> Observa
     """Run ``case`` on the model with its trace on."""
     from harness.backends.reference import run_case
     return run_case(case, source(case, seed), bugs=bugs, trace=True)
+
+
+def schedule_lines(case: Case, bugs: Iterable[str] | None, observation: Observation) -> list[str]:
+    """The run's decisions that a non-preemptive scheduler would have taken otherwise
+    (:class:`~harness.choices.PreemptionSource`), each with where it happened."""
+    from harness.backends.reference import run_case
+    from harness.choices import PreemptionSource
+    follow = PreemptionSource(follow=observation.choices)
+    run_case(case, follow, bugs=bugs)
+    kinds = [d.kind for d in follow.forced]
+    counted = ", ".join(f"{kinds.count(k)} {k}{'s' if kinds.count(k) > 1 else ''}"
+                        for k in ("delay", "preemption", "reorder") if k in kinds)
+    head = (f"schedule: {len(follow.decisions)} decisions, {len(kinds)} of them forced beyond a "
+            f"non-preemptive schedule{': ' + counted if kinds else ''}")
+    return [head] + [f"  {d.describe()}" for d in follow.forced]
 
 
 # -- the transcript ------------------------------------------------------------------

@@ -388,3 +388,28 @@ def test_iotest_leaves_a_job_that_waits_for_a_verb_alone(tmp_path, capsys):
     assert "        self.vm.event_wait('JOB_STATUS_CHANGE', match={'data': {'id': 's', 'status': 'pending'}})\n" \
            "\n        # the chain must now be node2 -> node1 -> node0\n" in text
     assert "job-dismiss" not in text
+
+
+def test_schedule_names_where_the_run_departs_from_a_non_preemptive_one(tmp_path, capsys):
+    from harness.minimize import minimize
+    case = case_mod.load(REGRESSION)
+    small = tmp_path / "small.json"
+    case_mod.save(minimize(case).case, str(small))
+    assert main(["show", str(small), "--schedule"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("verdict: use-after-free: ")
+    assert lines[1].startswith("schedule: ") and lines[1].endswith(
+        " decisions, 1 of them forced beyond a non-preemptive schedule: 1 preemption")
+    assert lines[2:] == ["  preemption at 2.35: ran timer:node4 instead of io:drive0"]
+    assert main(["show", REGRESSION, "--schedule"]) == 0
+    head = capsys.readouterr().out.splitlines()[1]
+    assert head.endswith("forced beyond a non-preemptive schedule: 3 delays, 36 preemptions, 1 reorder")
+
+
+def test_a_reader_that_stops_early_is_not_an_error(monkeypatch, capsys):
+    import harness.report as report
+
+    def closed(*_):
+        raise BrokenPipeError
+    monkeypatch.setattr(report, "transcript", closed)
+    assert main(["show", REGRESSION]) == 0
