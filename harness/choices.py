@@ -34,6 +34,10 @@ class ChoiceSource:
     def _pick(self, n: int, label: str, keys: Sequence[Hashable] | None) -> int:
         raise NotImplementedError
 
+    def attach(self, machine) -> None:
+        """Called with the machine a run is about to use; a source that explains its
+        decisions (:class:`PreemptionSource`) keeps it."""
+
 
 class RandomSource(ChoiceSource):
     """Seeded uniform choices: the plain-random baseline."""
@@ -187,7 +191,7 @@ class Decision:
 
     def describe(self) -> str:
         if self.keys is None and self.label == "between":     # the last option runs until idle
-            ran = "until idle" if self.chosen == self.n - 1 else _plural(self.chosen, "iteration")
+            ran = "until idle" if self.chosen == self.n - 1 else plural(self.chosen, "iteration")
             return f"delay at {self.where}: the loop ran {ran} before the next command"
         if self.keys is None:
             return f"{self.kind} at {self.where or self.label}: {self.label} ran {self.chosen}, not {self.default}"
@@ -257,8 +261,14 @@ class PreemptionSource(ChoiceSource):
         return [d for d in self.decisions if d.forced]
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def summarize(forced: Sequence[Decision]) -> str:
+    """``3 delays, 36 preemptions, 1 reorder``: the forced decisions counted by kind."""
+    kinds = [d.kind for d in forced]
+    return ", ".join(plural(kinds.count(k), k) for k in ("delay", "preemption", "reorder") if k in kinds)
 
 
 def job_thread(key: Hashable) -> Hashable:

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 from harness import case as case_mod
 from harness.case import Case, Command
-from harness.choices import Decision, PreemptionSource
+from harness.choices import Decision, PreemptionSource, plural, summarize
 from harness.errors import CaseError, UsageError
 
 #: arguments a command needs to mean anything; the rest may be dropped
@@ -215,13 +215,19 @@ def shrink_schedule(search: _Search) -> None:
 MAX_FORCED = 3
 
 
+def follow(case: Case, choices: Sequence[int], bugs: Sequence[str] | None = None) -> PreemptionSource:
+    """Run ``case`` with exactly ``choices`` (and ``bugs``, default the case's), noting
+    each decision and where it departs from a non-preemptive schedule."""
+    from harness.backends.reference import run_case
+    source = PreemptionSource(follow=choices)
+    run_case(case, source, bugs=bugs)
+    return source
+
+
 def forced_decisions(case: Case) -> list[Decision]:
     """Where ``case``'s recorded schedule departs from a non-preemptive one, with
     where in the run each departure happened."""
-    from harness.backends.reference import run_case
-    source = PreemptionSource(follow=case.schedule.get("choices", ()))
-    run_case(case, source)
-    return source.forced
+    return follow(case, case.schedule.get("choices", ())).forced
 
 
 def bound_preemptions(search: _Search) -> None:
@@ -325,12 +331,9 @@ def describe(result: Minimized) -> str:
             f"{len(a.images)} -> {len(b.images)} images, {writes(a)} -> {writes(b)} writes, "
             f"{len(b.schedule.get('choices', ()))} choices ")
     if result.forced is None:
-        return head + f"({_plural(result.preemptions, 'preemption')}), {result.runs} runs"
-    kinds = [d.kind for d in result.forced]
-    counted = ", ".join(_plural(kinds.count(k), k) for k in ("delay", "preemption", "reorder") if k in kinds)
-    head += f"(needs {_plural(len(kinds), 'forced decision')}{': ' + counted if kinds else ''}), {result.runs} runs"
+        return head + f"({plural(result.preemptions, 'preemption')}), {result.runs} runs"
+    counted = summarize(result.forced)
+    head += (f"(needs {plural(len(result.forced), 'forced decision')}{': ' + counted if counted else ''}), "
+             f"{result.runs} runs")
     return "\n".join([head] + [f"  {d.describe()}" for d in result.forced])
 
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")

@@ -119,16 +119,13 @@ def observe(case: Case, bugs: Iterable[str] | None, seed: int | None) -> Observa
 def schedule_lines(case: Case, bugs: Iterable[str] | None, observation: Observation) -> list[str]:
     """The run's decisions that a non-preemptive scheduler would have taken otherwise
     (:class:`~harness.choices.PreemptionSource`), each with where it happened."""
-    from harness.backends.reference import run_case
-    from harness.choices import PreemptionSource
-    follow = PreemptionSource(follow=observation.choices)
-    run_case(case, follow, bugs=bugs)
-    kinds = [d.kind for d in follow.forced]
-    counted = ", ".join(f"{kinds.count(k)} {k}{'s' if kinds.count(k) > 1 else ''}"
-                        for k in ("delay", "preemption", "reorder") if k in kinds)
-    head = (f"schedule: {len(follow.decisions)} decisions, {len(kinds)} of them forced beyond a "
-            f"non-preemptive schedule{': ' + counted if kinds else ''}")
-    return [head] + [f"  {d.describe()}" for d in follow.forced]
+    from harness.choices import summarize
+    from harness.minimize import follow
+    run = follow(case, observation.choices, bugs)
+    counted = summarize(run.forced)
+    head = (f"schedule: {len(run.decisions)} decisions, {len(run.forced)} of them forced beyond a "
+            f"non-preemptive schedule{': ' + counted if counted else ''}")
+    return [head] + [f"  {d.describe()}" for d in run.forced]
 
 
 # -- the transcript ------------------------------------------------------------------

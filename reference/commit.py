@@ -25,9 +25,10 @@ COMMIT_BUFFER_SIZE = 512 << 10
 
 class CommitJob(Job):
     job_type = "commit"
+    commit_top_bs = None
 
     def filter_bs(self):
-        return getattr(self, "commit_top_bs", None)
+        return self.commit_top_bs
 
     def run(self) -> Generator:
         """commit_run: copy what is allocated above base into base."""
@@ -140,8 +141,10 @@ class MirrorCommitJob(Job):
 
     job_type = "commit"
 
+    mirror_top_bs = None
+
     def filter_bs(self):
-        return getattr(self, "mirror_top_bs", None)
+        return self.mirror_top_bs
 
     def run(self) -> Generator:
         """mirror_run, in outline: copy the dirty ranges, become READY, keep copying

@@ -135,7 +135,7 @@ class Job:
         return any(c.bs is bs for c in self.edges) or bs is self.filter_bs()
 
     def filter_bs(self):
-        """The filter node this job inserted, if any."""
+        """The filter node this job inserted, if any (each job type names its own)."""
         return None
 
     def remove_all_bdrv(self) -> None:

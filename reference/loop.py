@@ -48,9 +48,13 @@ class AioContext:
         self.timers: list[Timer] = []
         self.now = 0                # virtual nanoseconds
         self.steps = 0
-        self.poll_depth = 0
         self.on_step: Callable[[str], None] | None = None
         self.waiting: list[str] = []    # what each nested poll_while waits for, outermost first
+
+    @property
+    def poll_depth(self) -> int:
+        """How many poll_while calls are nested here."""
+        return len(self.waiting)
 
     # -- scheduling ---------------------------------------------------------
 
@@ -108,16 +112,14 @@ class AioContext:
         """AIO_WAIT_WHILE: poll until ``cond()`` is false; re-entrant, bounded."""
         if not cond():
             return
-        self.poll_depth += 1
         self.waiting.append(what)
         try:
-            if self.poll_depth > MAX_POLL_DEPTH:
+            if len(self.waiting) > MAX_POLL_DEPTH:
                 raise Hang(f"{what} (poll nesting deeper than {MAX_POLL_DEPTH})", self.steps)
             while cond():
                 if not self.aio_poll(blocking=True):
                     raise Hang(what, self.steps)
         finally:
-            self.poll_depth -= 1
             self.waiting.pop()
 
 

@@ -26,9 +26,10 @@ STREAM_CHUNK = 512 << 10
 
 class StreamJob(Job):
     job_type = "stream"
+    cor_filter_bs = None
 
     def filter_bs(self):
-        return getattr(self, "cor_filter_bs", None)
+        return self.cor_filter_bs
 
     def run(self) -> Generator:
         """stream_run: copy what is allocated between the top and base_overlay."""

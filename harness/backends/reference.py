@@ -69,9 +69,7 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
             raise UsageError(f"unknown bug id '{b}'; known: {', '.join(sorted(BUGS))}")
     source = source if source is not None else source_for(case)
     m = Machine(source.choose, bug_ids, trace=trace)
-    attach = getattr(source, "attach", None)
-    if attach is not None:          # a source that explains its decisions looks at the machine
-        attach(m)
+    source.attach(m)
     obs = Observation()
     try:
         build(m, case)
