@@ -168,9 +168,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and is left out: it prints its own exec/s)")
 
 
+def engine_list(text: str) -> list[str]:
+    """``--engines``'s comma-separated names, each one of the campaign's engines."""
+    from harness.campaign import ENGINES
+    from harness.errors import UsageError
+    engines = [e for e in text.split(",") if e]
+    for e in engines:
+        if e not in ENGINES:
+            raise UsageError(f"--engines: unknown engine '{e}'; known: {', '.join(ENGINES)}")
+    return engines
+
+
 def run(args: argparse.Namespace) -> int:
+    from harness.errors import UsageError
+    if args.speed and not args.engines:
+        raise UsageError("--speed compares engines with the bare model: name them with --engines E,...")
     if args.engines and args.speed:
-        engines = [e for e in args.engines.split(",") if e and e != "atheris"]
+        engines = [e for e in engine_list(args.engines) if e != "atheris"]
         speeds = [engine_speed(e, args.runs) for e in engines]
         if args.json:
             print(json.dumps(speeds, indent=2))
@@ -179,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
                   f"{r['runs']} cases {r['bare_runs_per_s']:>6} runs/s ({r['ratio']}x)")
         return 0
     if args.engines:
-        rows = time_to_bug([e for e in args.engines.split(",") if e], args.trials, args.max_runs)
+        rows = time_to_bug(engine_list(args.engines), args.trials, args.max_runs)
         if args.json:
             print(json.dumps(rows, indent=2))
         else:

@@ -213,9 +213,13 @@ def keep_finding(store: FindingStore, case: Case, outcome: Outcome,
         shrunk = judge(result.case, run_case(result.case))
         if shrunk.kind == outcome.kind:
             stored = store.add(result.case, shrunk, aliases=(outcome.signature,))
-            needs = tuple(d.describe() for d in result.forced or ()) or ("nothing beyond a non-preemptive schedule",)
-            return replace(stored, needs=needs)
+            return replace(stored, needs=needs(result))
     return store.add(case, outcome)
+
+
+def needs(result) -> tuple[str, ...]:
+    """What a minimized finding's schedule forces beyond a non-preemptive one, a line each."""
+    return tuple(d.describe() for d in result.forced or ()) or ("nothing beyond a non-preemptive schedule",)
 
 
 # -- engines ----------------------------------------------------------------------

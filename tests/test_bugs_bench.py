@@ -82,3 +82,12 @@ def test_bench_engines_compares_each_engine_with_random(capsys):
         assert len(r["runs"]) == 2 and r["iqr_runs"][0] <= r["median_runs"] <= r["iqr_runs"][1] or r["found"] < 2
         assert ("a12_vs_random" in r) == (r["engine"] == "pct")
     assert all(0 <= r["a12_vs_random"] <= 1 and 0 < r["p_vs_random"] <= 1 for r in rows if r["engine"] == "pct")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["bench", "--engines", "random,foo"], "--engines: unknown engine 'foo'; known: random, pct, hypothesis, atheris"),
+    (["bench", "--speed"], "--speed compares engines with the bare model: name them with --engines E,..."),
+])
+def test_bench_bad_engine_arguments_are_one_line_and_exit_2(capsys, argv, message):
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"blockfuzz: error: {message}\n"

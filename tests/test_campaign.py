@@ -324,3 +324,14 @@ def test_known_must_be_a_directory(capsys, tmp_path):
     assert main(["fuzz", "--runs", "1", "--known", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--known" in err and "not a directory" in err
+
+
+def test_needs_names_each_forced_decision_or_says_there_is_none():
+    from harness.campaign import needs
+    from harness.choices import Decision
+    from harness.minimize import Minimized
+    case = case_mod.load("corpus/seeds/030/test_overlapping_5.json")
+    delay = Decision(0, 5, "between", None, 0, 2, False, "0.0")
+    assert needs(Minimized(case, "hang", 1, case, (delay,))) == (
+        "delay at 0.0: the loop ran 2 iterations before the next command",)
+    assert needs(Minimized(case, "hang", 1, case, ())) == ("nothing beyond a non-preemptive schedule",)

@@ -234,3 +234,8 @@ def test_hypothesis_source_rejects_an_unknown_schedule_or_draw_kind():
 def test_scheduler_random_is_one_object():
     import harness.choices as choices
     assert choices.SCHEDULER_RANDOM is SCHEDULER_RANDOM
+
+
+def test_pct_change_points_fall_within_its_default_ten_relevant_steps():
+    for seed in range(50):
+        assert all(1 <= p <= 10 for p in PCTSource(seed, depth=3).change_points)
