@@ -76,7 +76,9 @@ class Machine:
         return bug_id in self.bugs
 
     def event(self, name: str, data: dict) -> None:
-        self.events.append({"event": name, "data": data})
+        # "step": the command being executed (-1 before the first); QEMU's events
+        # cannot carry it, the model's do, so the oracle places each command exactly
+        self.events.append({"event": name, "data": data, "step": self.cmd_index})
         if self.trace is not None:
             self.trace.append(f"{self.step_label()} event {name} {data}")
 

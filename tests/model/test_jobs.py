@@ -22,7 +22,8 @@ def test_stream_runs_through_the_exact_status_sequence_and_events():
     completed = [e for e in obs.events if e["event"] == "BLOCK_JOB_COMPLETED"]
     assert completed == [{"event": "BLOCK_JOB_COMPLETED",
                           "data": {"type": "stream", "device": "drive0", "len": 1 << 20,
-                                   "offset": 1 << 20, "speed": 0}}]
+                                   "offset": 1 << 20, "speed": 0},
+                          "step": 1}]     # in the implicit x-wait-jobs after command 0
     assert obs.chain_names(False) == ["node3", "node1", "node0"]
     assert obs.chain[0].backing_file == "node1.qcow2"
 
