@@ -46,19 +46,21 @@ class RandomSource(ChoiceSource):
         super().__init__()
         self.seed = seed
         self.rng = random.Random(seed)
-        # randrange(n) for n >= 1 is exactly _randbelow(n) after argument checks that
-        # cost more than the draw; the fast path gives the same sequence
-        self._below = getattr(self.rng, "_randbelow", self.rng.randrange)
+        self._bits = self.rng.getrandbits
 
     def choose(self, n: int, label: str, keys: Sequence[Hashable] | None = None) -> int:
+        """``randrange(n)`` as CPython draws it (``random.Random._randbelow``:
+        ``n.bit_length()`` bits, again until below ``n``), without its argument
+        checks and two call levels, which cost more than the draw: the same
+        sequence. The hot path of every run, so :meth:`_pick` is folded in here."""
         if n <= 1:
             return 0
-        value = self._below(n)
+        bits, k = self._bits, n.bit_length()
+        value = bits(k)
+        while value >= n:
+            value = bits(k)
         self.recorded.append(value)
         return value
-
-    def _pick(self, n: int, label: str, keys: Sequence[Hashable] | None) -> int:
-        return self._below(n)
 
 
 class RecordedSource(ChoiceSource):

@@ -34,6 +34,9 @@ on its own.
 """
 from __future__ import annotations
 
+import functools
+import itertools
+from bisect import bisect_right
 from dataclasses import dataclass, field, replace
 from typing import Any, Sequence, TypeVar
 
@@ -51,6 +54,7 @@ COMMAND_COUNT_WEIGHTS = (2, 4, 4, 3, 2, 1, 1, 1)
 CLUSTERS = DEFAULT_SIZE // DEFAULT_CLUSTER_SIZE
 PATTERNS = 255                      # write patterns 1..255 (0 is what unwritten reads)
 SPEEDS = (1 << 20, 0, 64 << 10, -1)  # 030's throttle first; -1 is refused
+SET_SPEEDS = tuple((1, s) for s in (0,) + SPEEDS)
 STEP_COUNTS = (1, 2, 4, 8, 16, 32)
 DRIVE = "drive0"
 FILTER_NAMES = ("commit-filter", "stream-filter", "filter0", "filter1")
@@ -68,13 +72,16 @@ ERROR = "error"
 
 def weighted(source: ChoiceSource, label: str, table: Sequence[tuple[int, T]]) -> T:
     """One choice among ``table``'s values, each as likely as its weight."""
-    total = sum(w for w, _ in table)
-    r = source.choose(total, label)
-    for w, value in table:
-        if r < w:
-            return value
-        r -= w
-    raise AssertionError("unreachable: r < total")
+    total, bounds = _bounds(tuple(table))
+    return table[bisect_right(bounds, source.choose(total, label))][1]
+
+
+@functools.lru_cache(maxsize=1024)
+def _bounds(table: tuple[tuple[int, Any], ...]) -> tuple[int, tuple[int, ...]]:
+    """The total weight of ``table`` and the running sums that end each entry
+    (a draw ``r`` picks the first entry whose sum exceeds it)."""
+    bounds = tuple(itertools.accumulate(w for w, _ in table))
+    return bounds[-1], bounds
 
 
 def pick(source: ChoiceSource, label: str, values: Sequence[T]) -> T:
@@ -129,14 +136,17 @@ class Resources:
         if job_id and job_id not in self.jobs:
             self.jobs.append(job_id)
 
-    def allowed(self, table: Sequence[tuple[int, T]], errors: Sequence[T] = ()) -> list[tuple[int, T]]:
+    def allowed(self, table: tuple[tuple[int, T], ...], errors: tuple[T, ...] = ()) -> tuple[tuple[int, T], ...]:
         """``table`` without its error entries unless this case has errors on."""
-        if self.swarm.errors:
-            return list(table)
-        return [(w, v) for w, v in table if v not in errors]
+        return table if self.swarm.errors else _without(table, errors)
 
     def has(self, argument: str) -> bool:
         return argument in self.swarm.arguments
+
+
+@functools.lru_cache(maxsize=256)
+def _without(table: tuple[tuple[int, T], ...], errors: tuple[T, ...]) -> tuple[tuple[int, T], ...]:
+    return tuple((w, v) for w, v in table if v not in errors)
 
 
 @dataclass
@@ -200,9 +210,14 @@ def gen_write(source: ChoiceSource, label: str) -> Write:
 def gen_command(source: ChoiceSource, res: Resources) -> Command:
     """One command. While an intermediate commit's filter waits for a consumer, a stream
     is likelier (syzkaller's dynamic priorities: calls that use what earlier calls made)."""
-    boost = CONSUMER_BOOST if res.commit_filters else {}
-    table = [(w * boost.get(k, 1), k) for w, k in COMMAND_TABLE if k in res.swarm.commands]
+    table = _command_table(res.swarm.commands, bool(res.commit_filters))
     return GENERATORS[weighted(source, "gen:command", table)](source, res)
+
+
+@functools.lru_cache(maxsize=512)
+def _command_table(kinds: frozenset[str], boosted: bool) -> tuple[tuple[int, str], ...]:
+    boost = CONSUMER_BOOST if boosted else {}
+    return tuple((w * boost.get(k, 1), k) for w, k in COMMAND_TABLE if k in kinds)
 
 
 def gen_block_commit(source: ChoiceSource, res: Resources) -> Command:
@@ -284,7 +299,7 @@ def gen_job_verb(source: ChoiceSource, res: Resources) -> Command:
 
 
 def gen_set_speed(source: ChoiceSource, res: Resources) -> Command:
-    speeds = res.allowed([(1, s) for s in (0,) + SPEEDS], (-1,))
+    speeds = res.allowed(SET_SPEEDS, (-1,))
     return Command("block-job-set-speed",
                    {"device": _job_id(source, res), "speed": weighted(source, "gen:set-speed", speeds)})
 

@@ -680,17 +680,27 @@ GUEST_WRITE = ("offset", "length", "pattern")
 
 
 def _paint(runs: list[list[int]], start: int, end: int, byte: int) -> list[list[int]]:
+    """``runs`` (sorted, disjoint) with ``[start, end)`` painted ``byte``; still sorted."""
     if end <= start:
         return runs
     out = []
-    for off, length, value in runs:
+    painted = [start, end - start, byte]
+    for run in runs:
+        off, length, value = run
+        if off + length <= start:
+            out.append(run)
+            continue
         if off < start:
-            out.append([off, min(length, start - off), value])
+            out.append([off, start - off, value])
+        if painted is not None:
+            out.append(painted)
+            painted = None
         if off + length > end:
             cut = max(off, end)
             out.append([cut, off + length - cut, value])
-    out.append([start, end - start, byte])
-    return sorted(out)
+    if painted is not None:
+        out.append(painted)
+    return out
 
 
 def _merge(runs: Iterable[list[int]]) -> list[list[int]]:

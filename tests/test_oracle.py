@@ -10,6 +10,8 @@ import sys
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from harness import oracle
 from harness.case import Case, Command, Image, Write, load
@@ -286,6 +288,18 @@ def test_expected_data_topmost_write_wins_then_accepted_guest_writes():
     replies = [OK, error("refused"), OK]
     assert expected_data(case, replies) == [
         [0, 1024, 1], [1024, 1024, 9], [2048, 4096, 2], [6144, M - 6144 - 512, 0], [M - 512, 512, 3]]
+
+
+@given(st.integers(1, 64), st.lists(st.tuples(st.integers(0, 70), st.integers(0, 70),
+                                             st.integers(0, 3)), max_size=10))
+@settings(max_examples=300, deadline=None)
+def test_painting_runs_agrees_with_painting_bytes(size, paints):
+    runs, data = [[0, size, 0]], [0] * size
+    for start, end, byte in paints:
+        runs = oracle._paint(runs, start, min(end, size), byte)
+        data[start:max(start, min(end, size))] = [byte] * max(0, min(end, size) - start)
+        assert runs == sorted(runs) and all(length > 0 for _, length, _ in runs)
+    assert oracle._merge(runs) == oracle._merge([[i, 1, b] for i, b in enumerate(data)])
 
 
 def test_a_lost_guest_write_is_a_data_mismatch():
