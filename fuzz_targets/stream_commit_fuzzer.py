@@ -25,6 +25,9 @@ import sys
 
 import atheris
 
+# atheris instruments Python bytecode: the model's sources, never its compiled build
+os.environ["BLOCKFUZZ_PURE"] = "1"
+
 # Coverage of the model guides libFuzzer; the harness (grammar, oracle) is left
 # uninstrumented: it would only slow each run down.
 with atheris.instrument_imports(include=["reference"]):

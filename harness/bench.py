@@ -13,6 +13,8 @@ import json
 import time
 import tracemalloc
 
+import blockfuzz_fast
+
 from harness.backends.reference import run_case
 from harness.case import Case, Command, Image, Write
 from harness.choices import RandomSource
@@ -209,6 +211,8 @@ def run(args: argparse.Namespace) -> int:
         speeds = [engine_speed(e, args.runs) for e in engines]
         if args.json:
             print(json.dumps(speeds, indent=2))
+        if not args.json:
+            print(f"model: {blockfuzz_fast.describe()}")
         for r in speeds if not args.json else ():
             print(f"{r['engine']:11} {r['runs_per_s']:>6} runs/s; the bare model on its "
                   f"{r['runs']} cases {r['bare_runs_per_s']:>6} runs/s ({r['ratio']}x)")
@@ -229,6 +233,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
+        print(f"model: {blockfuzz_fast.describe()}")
         for name, r in results.items():
             line = f"{name:26} {r['runs_per_s']:>9.1f} runs/s  ({r['runs']} runs in {r['seconds']} s)"
             if "memory" in r:

@@ -648,7 +648,8 @@ def summary(c: Campaign, interrupted: bool = False) -> list[str]:
     bugs = ",".join(c.config.bugs) or "none (the fixed model)"
     lines = [f"{'interrupted' if interrupted else 'done'}: engine {c.config.engine}, bugs {bugs}, "
              f"seed {c.config.seed}",
-             f"runs {s.runs:,} in {s.elapsed:.1f} s ({s.runs_per_second:,.0f} runs/s)"
+             f"runs {s.runs:,} in {s.elapsed:.1f} s ({s.runs_per_second:,.0f} runs/s, "
+             f"{model_build(c.config.engine)} model)"
              + (f", after {s.seeds} corpus cases" if s.seeds else "")]
     lines.append(f"cells reached: {len(s.cells)} ({len(REQUIRED) - len(s.cells.missing())} of "
                  f"{len(REQUIRED)} required)")
@@ -666,6 +667,12 @@ def summary(c: Campaign, interrupted: bool = False) -> list[str]:
     if c.config.engine == "pct" and s.runs:
         lines.append(pct_summary(c))
     return lines
+
+
+def model_build(engine: str) -> str:
+    """Which model the runs used: atheris instruments the Python sources, always."""
+    import blockfuzz_fast
+    return "pure Python" if engine == "atheris" else blockfuzz_fast.describe()
 
 
 def pct_summary(c: Campaign) -> str:

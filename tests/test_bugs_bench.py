@@ -36,7 +36,8 @@ def test_bench_counts_runs_and_memory(capsys):
 
 def test_bench_text(capsys):
     assert main(["bench", "--runs", "2", "--repeat", "1"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    model, *lines = capsys.readouterr().out.splitlines()
+    assert model == "model: pure Python"          # the suite runs the sources (tests/conftest.py)
     assert [l.split()[0] for l in lines] == ["overlapping_5-9x16MiB", "overlapping_5-6x1MiB"]
     assert all("runs/s" in l for l in lines)
 
@@ -68,7 +69,8 @@ def test_bench_engine_speed_replays_the_engines_own_cases(capsys):
 
 def test_bench_engine_speed_text(capsys):
     assert main(["bench", "--engines", "random", "--speed", "--runs", "10"]) == 0
-    (line,) = capsys.readouterr().out.splitlines()
+    model, line = capsys.readouterr().out.splitlines()
+    assert model == "model: pure Python"
     assert line.startswith("random") and "the bare model on its 10 cases" in line
 
 

@@ -1,0 +1,114 @@
+"""The compiled model: the hot modules compiled with Cython, used when current.
+
+``make fast`` (``python -m blockfuzz_fast``) compiles the model (every module
+of ``reference`` but its ``__init__``) and the harness modules every run goes
+through (:data:`MODULES`) from their unchanged Python sources, into
+``.fast/<python tag>/``, with a digest of the sources next to them. The
+``reference``, ``harness`` and ``harness.backends`` packages call
+:func:`extend` as they are imported: when the compiled modules were built
+from the sources as they are now, their directory goes first in the
+package's ``__path__`` and Python imports them instead of the ``.py`` files.
+Compiled from the same code, the model takes the same decisions, so every
+case, schedule and finding replays the same on either
+(``tests/test_fast.py`` checks it).
+
+``BLOCKFUZZ_PURE=1`` keeps the pure Python modules (the test suite's
+coverage and atheris's instrumentation need them); ``BLOCKFUZZ_FAST_DIR``
+builds and looks elsewhere. Sources edited after a build make the compiled
+modules stale: they are then left alone, with a one-line warning.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+MANIFEST = "SOURCES.sha256"
+MODULES: dict[str, tuple[str, ...]] = {
+    "reference": ("bugs", "commit", "data", "drain", "errors", "graph", "job", "loop",
+                  "machine", "qmp", "stream"),
+    "harness": ("check", "choices", "generate", "learning", "observation", "oracle"),
+    "harness.backends": ("reference",),
+}
+_warned: set[str] = set()
+
+
+def build_dir() -> str:
+    """Where the compiled modules of this Python go."""
+    return os.environ.get("BLOCKFUZZ_FAST_DIR") or os.path.join(ROOT, ".fast", sys.implementation.cache_tag)
+
+
+def source_path(package: str, module: str) -> str:
+    return os.path.join(ROOT, *package.split("."), module + ".py")
+
+
+def digest(package: str) -> str:
+    """SHA-256 over the sources of ``package``'s compiled modules, names included."""
+    h = hashlib.sha256()
+    for module in MODULES[package]:
+        h.update(module.encode() + b"\0")
+        with open(source_path(package, module), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+def extend(package: str, path: list[str]) -> None:
+    """Put ``package``'s compiled modules first in its ``__path__`` when they are current."""
+    if os.environ.get("BLOCKFUZZ_PURE") or package not in MODULES:
+        return
+    where = os.path.join(build_dir(), *package.split("."))
+    try:
+        with open(os.path.join(where, MANIFEST)) as f:
+            built = f.read().strip()
+    except OSError:
+        return
+    if built != digest(package):
+        if package not in _warned:
+            _warned.add(package)
+            print(f"blockfuzz: the compiled {package} modules in {where} are older than the "
+                  "sources; using the Python sources (run `make fast` to compile again)",
+                  file=sys.stderr)
+        return
+    path.insert(0, where)
+
+
+def active() -> bool:
+    """True when the model in use is the compiled one."""
+    module = sys.modules.get("reference.machine")
+    return module is not None and not module.__file__.endswith(".py")
+
+
+def describe() -> str:
+    return "compiled (Cython)" if active() else "pure Python"
+
+
+def build(out: str | None = None, jobs: int | None = None) -> str:
+    """Compile :data:`MODULES` into ``out`` (default :func:`build_dir`); returns ``out``."""
+    import tempfile
+
+    from Cython.Build import cythonize
+    from setuptools import Distribution, Extension
+
+    out = out or build_dir()
+    jobs = jobs or os.cpu_count() or 1
+    extensions = [Extension(f"{package}.{module}", [source_path(package, module)])
+                  for package, modules in MODULES.items() for module in modules]
+    with tempfile.TemporaryDirectory(prefix="blockfuzz-fast-") as tmp:
+        compiled = cythonize(extensions, build_dir=tmp, quiet=True, nthreads=jobs,
+                             compiler_directives={"language_level": 3, "binding": False})
+        dist = Distribution({"ext_modules": compiled, "script_name": "blockfuzz_fast",
+                             "script_args": ["-q", "build_ext", "--build-lib", out,
+                                             "--build-temp", tmp, "--parallel", str(jobs)]})
+        dist.parse_command_line()
+        dist.run_commands()
+    for package in MODULES:
+        where = os.path.join(out, *package.split("."))
+        os.makedirs(where, exist_ok=True)
+        with open(os.path.join(where, MANIFEST), "w") as f:
+            f.write(digest(package) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    print(f"compiled {sum(map(len, MODULES.values()))} modules into {build()}")

@@ -1,0 +1,106 @@
+"""The compiled model (``make fast``): used only when current, and the same runs as the sources."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+import blockfuzz_fast
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: every run's replies, events, chain, data, choices, cells and verdict, hashed:
+#: generated cases with and without each seed bug, then the corpus
+DIGEST = """
+import hashlib, json, sys
+import blockfuzz_fast
+from harness.backends.reference import run_case
+from harness.choices import RandomSource
+from harness.corpus import iter_cases, judge
+from harness.generate import run_generated
+h = hashlib.sha256()
+def add(obs, out):
+    f = obs.finding
+    h.update(json.dumps([obs.replies, obs.events, [vars(c) for c in obs.chain or ()], obs.data,
+                         obs.choices, sorted(obs.extra.get("cells", ())), f and [f.kind, f.where, f.message],
+                         out.kind, out.where, out.message], sort_keys=True, default=str).encode())
+for bugs in ((), ("stream-prepare-no-drain",), ("stream-prepare-ref-only",)):
+    for seed in range(int(sys.argv[1])):
+        case, obs, out = run_generated(RandomSource(seed), bugs)
+        add(obs, out)
+for case in iter_cases("corpus"):
+    obs = run_case(case)
+    add(obs, judge(case, obs))
+print(blockfuzz_fast.describe(), h.hexdigest())
+"""
+
+
+def digest_run(env_change: dict, runs: int) -> tuple[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "BLOCKFUZZ_PURE"}
+    env.update(env_change)
+    out = subprocess.run([sys.executable, "-c", DIGEST, str(runs)], cwd=REPO, env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    return " ".join(out[:-1]), out[-1]
+
+
+def can_compile() -> bool:
+    return importlib.util.find_spec("Cython") is not None and shutil.which(
+        sysconfig.get_config_var("CC").split()[0] if sysconfig.get_config_var("CC") else "cc") is not None
+
+
+@pytest.mark.skipif(not can_compile(), reason="needs Cython and a C compiler (pip install -e '.[fast]')")
+def test_the_compiled_model_makes_the_same_runs_as_the_sources(tmp_path):
+    built = blockfuzz_fast.build(str(tmp_path / "fast"), jobs=2)
+    compiled = digest_run({"BLOCKFUZZ_FAST_DIR": built}, 400)
+    pure = digest_run({"BLOCKFUZZ_FAST_DIR": built, "BLOCKFUZZ_PURE": "1"}, 400)
+    assert compiled[0] == "compiled (Cython)" and pure[0] == "pure Python"
+    assert compiled[1] == pure[1]
+
+
+def manifest(tmp_path, package: str, text: str) -> str:
+    where = tmp_path.joinpath(*package.split("."))
+    where.mkdir(parents=True)
+    (where / blockfuzz_fast.MANIFEST).write_text(text)
+    return str(where)
+
+
+def test_a_current_build_goes_first_on_the_package_path(tmp_path, monkeypatch):
+    where = manifest(tmp_path, "reference", blockfuzz_fast.digest("reference") + "\n")
+    monkeypatch.setenv("BLOCKFUZZ_FAST_DIR", str(tmp_path))
+    monkeypatch.delenv("BLOCKFUZZ_PURE")
+    path = ["/src/reference"]
+    blockfuzz_fast.extend("reference", path)
+    assert path == [where, "/src/reference"]
+
+
+def test_a_stale_build_is_left_alone_with_one_warning(tmp_path, monkeypatch, capsys):
+    manifest(tmp_path, "harness", "0" * 64 + "\n")
+    monkeypatch.setenv("BLOCKFUZZ_FAST_DIR", str(tmp_path))
+    monkeypatch.delenv("BLOCKFUZZ_PURE")
+    monkeypatch.setattr(blockfuzz_fast, "_warned", set())
+    path = ["/src/harness"]
+    blockfuzz_fast.extend("harness", path)
+    blockfuzz_fast.extend("harness", path)
+    assert path == ["/src/harness"]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "older than the sources" in err[0] and "make fast" in err[0]
+
+
+def test_no_build_or_blockfuzz_pure_keeps_the_sources(tmp_path, monkeypatch):
+    manifest(tmp_path, "reference", blockfuzz_fast.digest("reference") + "\n")
+    monkeypatch.setenv("BLOCKFUZZ_FAST_DIR", str(tmp_path))
+    path = ["/src/reference"]
+    blockfuzz_fast.extend("reference", path)          # BLOCKFUZZ_PURE=1 (tests/conftest.py)
+    monkeypatch.delenv("BLOCKFUZZ_PURE")
+    blockfuzz_fast.extend("harness", path)            # nothing built for harness
+    assert path == ["/src/reference"]
+
+
+def test_the_suite_itself_runs_the_python_sources():
+    import reference.machine
+    assert reference.machine.__file__.endswith(".py") and blockfuzz_fast.describe() == "pure Python"
