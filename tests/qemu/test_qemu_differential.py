@@ -10,8 +10,8 @@ import pytest
 
 from harness.case import Case, Command, Image, from_dict
 from harness.cli import main
-from harness.differential import (Differ, compare, differing_fields, model_outcomes, normalise,
-                                  report)
+from harness.differential import (Differ, Gaps, compare, differing_fields, gap_schedules,
+                                  model_outcomes, normalise, report, search_gaps)
 from harness.observation import ChainNode, Finding, Observation
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -121,6 +121,56 @@ def test_model_outcomes_are_distinct_and_labelled():
     outcomes = model_outcomes(CASE, 3, fake_model)
     assert seen == [None, 0, 1, 2]
     assert [label for label, _ in outcomes] == ["the case's schedule", "seed 0"]
+
+
+def test_gap_schedules_bound_the_gaps_between_back_to_back_commands():
+    three = Case(images=CASE.images, commands=(Command("x-wait-jobs"),) * 3)
+    schedules = list(gap_schedules(three, bound=2))
+    # 2 positions x 4 lengths with one gap, then 4 x 4 lengths with both
+    assert schedules[:5] == [{0: 1}, {0: 2}, {0: 3}, {0: 4}, {1: 1}]
+    assert len(schedules) == 8 + 16 and schedules[-1] == {0: 4, 1: 4}
+
+
+def test_a_gaps_source_gives_its_gaps_in_order_and_asks_the_inner_one_for_the_rest():
+    from harness.choices import RecordedSource
+    source = Gaps(RecordedSource([3, 1]), {1: 2})
+    assert [source.choose(5, "between"), source.choose(4, "poll", ["a"] * 4),
+            source.choose(5, "between"), source.choose(2, "gen:x"), source.choose(5, "between")] \
+        == [0, 3, 2, 1, 0]
+
+
+def test_a_mismatch_some_gap_schedule_shows_is_agreement():
+    def gapped(case, seed, gaps):
+        tried.append((seed, dict(gaps)))
+        return obs(chain=("n2", "n1", "n0")) if gaps == {0: 3} and seed == 1 else obs()
+
+    tried: list = []
+    assert search_gaps(CASE, obs(chain=("n2", "n1", "n0")), gapped) == (
+        "back to back but 3 before command 1 (seed 1)", obs(chain=("n2", "n1", "n0")))
+    assert tried == [(0, {0: 1}), (1, {0: 1}), (0, {0: 2}), (1, {0: 2}), (0, {0: 3}), (1, {0: 3})]
+    tried.clear()
+    assert search_gaps(CASE, obs(chain=("n1", "n0")), gapped) is None and len(tried) == 8
+
+
+@pytest.mark.qemu
+def test_the_differ_searches_gap_schedules_only_on_a_mismatch_and_says_so():
+    from harness.differential import gapped_model
+    calls: list = []
+
+    def counted(case, seed, gaps):
+        calls.append(gaps)
+        return gapped_model(case, seed, gaps)
+
+    wrong = lambda case, seed: obs(chain=("n2", "n1", "n0"))       # never QEMU's outcome
+    with Differ(seeds=1, run_model=wrong, run_gapped=counted) as differ:
+        agreed = differ.diff(CASE)
+    assert agreed.ok and calls == [{0: 1}]
+    assert agreed.model[-1][0] == "back to back but 1 before command 1 (seed 0)"
+    with Differ(seeds=1, run_model=wrong, run_gapped=lambda case, seed, gaps: wrong(case, seed)) as differ:
+        failed = differ.diff(CASE)
+    assert failed.finding.kind == "qemu-mismatch"
+    assert "over 1 seeds and 8 schedules with at most 2 gaps between back-to-back commands; " \
+        "the closest" in failed.finding.message
 
 
 def test_the_model_side_alone_needs_no_qemu():
