@@ -31,6 +31,7 @@ test: venv qemu
 # The model and the harness's hot modules compiled with Cython (about 1.6x the runs/s);
 # used while current, ignored (with a warning) once a source changes.
 fast: venv
+	$(PY) -m pip install -q 'cython>=3.0,<4'
 	$(PY) -m blockfuzz_fast
 
 bench: venv

@@ -110,5 +110,24 @@ def build(out: str | None = None, jobs: int | None = None) -> str:
     return out
 
 
+def main() -> int:
+    """``python -m blockfuzz_fast`` (``make fast``): compile, or say in one line why not."""
+    try:
+        import Cython  # noqa: F401
+    except ImportError:
+        print("blockfuzz_fast: Cython is not installed: pip install -e '.[fast]' "
+              "(make fast does), then run this again", file=sys.stderr)
+        return 2
+    try:
+        out = build()
+    except (Exception, SystemExit) as exc:  # setuptools reports a failed compiler as either
+        print(f"blockfuzz_fast: compiling failed ({exc}): it needs a C compiler and Python's "
+              "headers (Debian: gcc, python3-dev); the Python sources keep working",
+              file=sys.stderr)
+        return 2
+    print(f"compiled {sum(map(len, MODULES.values()))} modules into {out}")
+    return 0
+
+
 if __name__ == "__main__":
-    print(f"compiled {sum(map(len, MODULES.values()))} modules into {build()}")
+    sys.exit(main())

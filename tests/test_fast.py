@@ -54,8 +54,11 @@ def can_compile() -> bool:
 
 
 @pytest.mark.skipif(not can_compile(), reason="needs Cython and a C compiler (pip install -e '.[fast]')")
-def test_the_compiled_model_makes_the_same_runs_as_the_sources(tmp_path):
-    built = blockfuzz_fast.build(str(tmp_path / "fast"), jobs=2)
+def test_the_compiled_model_makes_the_same_runs_as_the_sources(tmp_path, monkeypatch, capsys):
+    built = str(tmp_path / "fast")
+    monkeypatch.setenv("BLOCKFUZZ_FAST_DIR", built)
+    assert blockfuzz_fast.main() == 0
+    assert capsys.readouterr().out == f"compiled 18 modules into {built}\n"
     compiled = digest_run({"BLOCKFUZZ_FAST_DIR": built}, 400)
     pure = digest_run({"BLOCKFUZZ_FAST_DIR": built, "BLOCKFUZZ_PURE": "1"}, 400)
     assert compiled[0] == "compiled (Cython)" and pure[0] == "pure Python"
@@ -104,3 +107,19 @@ def test_no_build_or_blockfuzz_pure_keeps_the_sources(tmp_path, monkeypatch):
 def test_the_suite_itself_runs_the_python_sources():
     import reference.machine
     assert reference.machine.__file__.endswith(".py") and blockfuzz_fast.describe() == "pure Python"
+
+
+def test_without_cython_make_fast_says_what_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "Cython", None)      # import Cython now fails
+    assert blockfuzz_fast.main() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Cython is not installed" in err and ".[fast]" in err
+
+
+def test_a_failed_compile_is_one_line_and_exit_2(monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise SystemExit("error: command 'gcc' failed: No such file or directory")
+    monkeypatch.setattr(blockfuzz_fast, "build", broken)
+    assert blockfuzz_fast.main() == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "command 'gcc' failed" in err and "python3-dev" in err
