@@ -13,8 +13,9 @@ from typing import Callable, Iterable
 
 from reference.data import ImageData, merge_runs
 from reference.errors import ModelFault, QMPError
+from reference.drain import bdrv_drained_begin, bdrv_drained_end
 from reference.graph import (FILTER_CHILD, BlockDriverState, BdrvChild, bdrv_attach_child, bdrv_filter_or_cow_bs,
-                             bdrv_skip_filters, bdrv_unref_child, live)
+                             bdrv_ref, bdrv_skip_filters, bdrv_unref, bdrv_unref_child, live)
 from reference.job import Job
 from reference.loop import AioContext
 
@@ -188,7 +189,16 @@ class Machine:
         return blk
 
     def blk_unref(self, blk: BlockBackend | None) -> None:
+        """blk_unref of a job's own BlockBackend: blk_delete -> blk_remove_bs, which
+        drains its node first (blk_drain: a drained section on the node, its
+        parents quiesced and the loop polled, like any other), then drops the edge."""
         if blk is not None and blk.root is not None:
+            bs = blk.root.bs
+            bdrv_ref(bs, "blk_drain")
+            bdrv_drained_begin(bs)
+            self.aio.poll_while(lambda: blk.in_flight > 0, f"blk_drain of '{bs.node_name}'")
+            bdrv_drained_end(bs)
+            bdrv_unref(bs, "blk_drain")
             c, blk.root = blk.root, None
             bdrv_unref_child(blk, c)
 
