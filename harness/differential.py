@@ -342,14 +342,14 @@ class Differ:
 
     def __init__(self, *, seeds: int = DEFAULT_SEEDS, timeout: float = 10.0,
                  only: str | None = None, run_model: ModelRun = reference_model,
-                 run_gapped: GappedRun | None = gapped_model):
+                 run_gapped: GappedRun | None = gapped_model, trace: tuple[str, ...] = ()):
         from harness.backends.qemu import QemuRunner
 
         self.seeds = seeds
         self.only = only
         self.run_model = run_model
         self.run_gapped = run_gapped
-        self.runner = QemuRunner(timeout=timeout) if only != "model" else None
+        self.runner = QemuRunner(timeout=timeout, trace=trace) if only != "model" else None
 
     def __enter__(self) -> "Differ":
         return self
@@ -386,11 +386,12 @@ class Differ:
 _worker: Differ | None = None
 
 
-def _init_worker(seeds: int, timeout: float, only: str | None) -> None:  # pragma: no cover - in workers
+def _init_worker(seeds: int, timeout: float, only: str | None,
+                 trace: tuple[str, ...] = ()) -> None:  # pragma: no cover - in workers
     import multiprocessing.util
 
     global _worker
-    _worker = Differ(seeds=seeds, timeout=timeout, only=only)
+    _worker = Differ(seeds=seeds, timeout=timeout, only=only, trace=trace)
     multiprocessing.util.Finalize(None, _worker.close, exitpriority=10)
 
 
@@ -400,15 +401,15 @@ def _diff_in_worker(case: Case) -> DiffResult:  # pragma: no cover - in workers
 
 
 def run_all(cases: list[Case], *, seeds: int, timeout: float, only: str | None,
-            jobs: int) -> Iterable[DiffResult]:
+            jobs: int, trace: tuple[str, ...] = ()) -> Iterable[DiffResult]:
     """Diff every case, in order; ``jobs`` > 1 spreads them over worker processes."""
     if jobs <= 1:
-        with Differ(seeds=seeds, timeout=timeout, only=only) as differ:
+        with Differ(seeds=seeds, timeout=timeout, only=only, trace=trace) as differ:
             for case in cases:
                 yield differ.diff(case)
         return
     with ProcessPoolExecutor(jobs, initializer=_init_worker,
-                             initargs=(seeds, timeout, only)) as pool:
+                             initargs=(seeds, timeout, only, trace)) as pool:
         yield from pool.map(_diff_in_worker, cases, chunksize=4)
 
 
@@ -429,6 +430,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run one side only and report its findings and speed")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print the side-by-side report under each failing case")
+    parser.add_argument("--qemu-trace", action="append", default=[], metavar="PATTERN",
+                        help="enable QEMU trace events matching PATTERN (e.g. 'job_*', "
+                             "'stream_one_iteration'; repeatable; `qemu-system-x86_64 -trace help` "
+                             "lists them) and print each case's trace lines under it")
+
+
+def trace_lines(qemu: Observation) -> list[str]:
+    """The case's QEMU trace lines, indented under its PASS/FAIL line."""
+    lines = (qemu.extra.get("log") or "").splitlines()
+    return ["    qemu trace:"] + [f"      {line}" for line in lines if line.strip()] if lines \
+        else ["    qemu trace: no lines (does the pattern name an event of this QEMU?)"]
 
 
 def collect(paths: list[str]) -> list[Case]:
@@ -448,8 +460,11 @@ def run(args: argparse.Namespace) -> int:
     cases = [c for c in collect(args.paths) for _ in range(args.repeat)]
     passed = failed = 0
     start = time.perf_counter()
+    trace = tuple(args.qemu_trace)
+    if args.only == "model" and trace:
+        raise UsageError("blockfuzz diff: --qemu-trace needs QEMU: drop --only model")
     for result in run_all(cases, seeds=args.seeds, timeout=args.timeout, only=args.only,
-                          jobs=args.jobs):
+                          jobs=args.jobs, trace=trace):
         name = result.case.path or "<case>"
         if result.ok:
             passed += 1
@@ -463,6 +478,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"FAIL {name}: {detail}")
             if args.verbose:
                 print("\n".join("    " + line for line in finding.message.splitlines()[1:]))
+        if trace:
+            print("\n".join(trace_lines(result.qemu)))
         sys.stdout.flush()
     elapsed = time.perf_counter() - start
     print(f"{passed} passed, {failed} failed")

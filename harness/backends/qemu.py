@@ -48,6 +48,8 @@ from harness.errors import QemuError
 from harness.observation import Finding, Observation
 
 DEFAULT_TIMEOUT = 10.0
+LOG_LIMIT = 4000            # characters of a case's QEMU output kept in its observation ...
+TRACE_LOG_LIMIT = 1 << 20   # ... and with trace events on (``blockfuzz diff --qemu-trace``)
 #: QMP arguments that name image files (mapped to and from the real paths)
 FILENAME_ARGUMENTS = ("base", "top")
 #: commands after which a process may serve the next case (anything else: a fresh one)
@@ -107,8 +109,10 @@ class QemuRunner:
 
     def __init__(self, *, workdir: str | None = None, timeout: float = DEFAULT_TIMEOUT,
                  reuse: bool = True, before_command: BeforeCommand | None = None,
-                 unthrottle: bool = True, max_cases_per_process: int = 200):
+                 unthrottle: bool = True, max_cases_per_process: int = 200,
+                 trace: tuple[str, ...] = ()):
         self.timeout = timeout
+        self.trace = tuple(trace)
         self.unthrottle = unthrottle
         self.reuse = reuse
         self.before_command = before_command
@@ -161,7 +165,7 @@ class QemuRunner:
             await self._retire(binary)
         n = next(self._serial)
         proc = await QemuProcess.start(binary, os.path.join(self.store.root, f"qemu-{n}.log"),
-                                       self.timeout)
+                                       self.timeout, self.trace)
         self._procs[binary] = proc
         proc.nbd_socket = os.path.join(self.store.root, f"nbd-{n}.sock")
         try:
@@ -285,7 +289,8 @@ class _Session:
         self._snapped = True
         self.obs.events = [e for e in self.proc.events[self.event_mark:] if not _harness_event(e)]
         self.obs.job_statuses = self.tracker.folded()
-        self.obs.extra["log"] = self.images.to_case(self.proc.log_tail(self.log_mark))
+        limit = TRACE_LOG_LIMIT if self.runner.trace else LOG_LIMIT
+        self.obs.extra["log"] = self.images.to_case(self.proc.log_tail(self.log_mark, limit))
 
     def crash_finding(self, e: QemuDied) -> Finding:
         step = self.step

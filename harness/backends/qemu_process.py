@@ -73,6 +73,14 @@ def describe_exit(returncode: int | None) -> str:
     return f"exited with status {returncode}"
 
 
+def trace_arguments(binary: str, patterns: tuple[str, ...]) -> list[str]:
+    """``-trace PATTERN`` for each pattern (``--trace`` for the storage daemon), and
+    timestamps on every line (``-msg timestamp=on``; the daemon has no such option)."""
+    flag = "-trace" if binary == SYSTEM else "--trace"
+    args = [a for p in patterns for a in (flag, p)]
+    return args + ["-msg", "timestamp=on"] if patterns and binary == SYSTEM else args
+
+
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -107,8 +115,12 @@ class QemuProcess:
         self.nbd_socket = ""
 
     @classmethod
-    async def start(cls, binary: str, log_path: str, timeout: float = 10.0) -> "QemuProcess":
-        """Start ``binary`` (``SYSTEM`` or ``STORAGE_DAEMON``) and connect its monitor."""
+    async def start(cls, binary: str, log_path: str, timeout: float = 10.0,
+                    trace: tuple[str, ...] = ()) -> "QemuProcess":
+        """Start ``binary`` (``SYSTEM`` or ``STORAGE_DAEMON``) and connect its monitor.
+
+        ``trace``: QEMU trace-event patterns (``job_*``), enabled with timestamps;
+        their lines go to the process's log."""
         self = cls(binary, log_path)
         path = find_binary(binary, PACKAGES[binary])
         ours, theirs = socket.socketpair()
@@ -118,6 +130,7 @@ class QemuProcess:
                     "-chardev", f"socket,id=mon0,fd={fd}", "-mon", "chardev=mon0,mode=control"]
         else:
             argv = [path, "--chardev", f"socket,id=mon0,fd={fd}", "--monitor", "chardev=mon0"]
+        argv += trace_arguments(binary, trace)
         try:
             with open(log_path, "ab") as log:
                 self.proc = subprocess.Popen(argv, pass_fds=[fd], stdin=subprocess.DEVNULL,

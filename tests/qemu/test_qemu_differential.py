@@ -239,6 +239,35 @@ def test_bad_input_exits_2(tmp_path, capsys):
                "--timeout > 0\n")
 
 
+def test_qemu_trace_on_the_command_line_of_either_binary():
+    from harness.backends.qemu_process import STORAGE_DAEMON, SYSTEM, trace_arguments
+    assert trace_arguments(SYSTEM, ("job_*", "stream_one_iteration")) == [
+        "-trace", "job_*", "-trace", "stream_one_iteration", "-msg", "timestamp=on"]
+    assert trace_arguments(STORAGE_DAEMON, ("job_*",)) == ["--trace", "job_*"]
+    assert trace_arguments(SYSTEM, ()) == []
+
+
+@pytest.mark.qemu
+def test_qemu_trace_prints_each_cases_trace_lines_under_it(capsys):
+    path = os.path.join(REPO, "corpus", "regressions", "qemu-fidelity-blk-unref-drains.json")
+    code, lines, err = diff(capsys, path, "--only", "qemu", "--qemu-trace", "job_state_transition")
+    assert (code, err, lines[:2]) == (0, "", [f"PASS {path}", "    qemu trace:"])
+    traced = [l for l in lines if "job_state_transition" in l]
+    # the commit, the stream and (timing) the last commit: each from undefined to null
+    created = sum("(undefined-->created)" in l for l in traced)
+    assert created in (2, 3) and sum("(concluded-->null)" in l for l in traced) == created
+    assert all(l.startswith("      ") for l in traced)
+    code, lines, _ = diff(capsys, path, "--only", "qemu", "--qemu-trace", "no_such_event")
+    assert lines[:2] == [f"PASS {path}",
+                         "    qemu trace: no lines (does the pattern name an event of this QEMU?)"]
+
+
+def test_qemu_trace_without_qemu_is_a_usage_error(capsys):
+    path = os.path.join(SEEDS, "test_overlapping_5.json")
+    assert diff(capsys, path, "--only", "model", "--qemu-trace", "job_*") == (
+        2, [], "blockfuzz: error: blockfuzz diff: --qemu-trace needs QEMU: drop --only model\n")
+
+
 def test_when_both_sides_hang_only_the_finding_and_replies_count():
     model = obs(chain=("n2", "n0"))
     model.finding = Finding("hang", "a guest write on a drained device", "x-guest-write", 2)
