@@ -211,9 +211,9 @@ def run(args: argparse.Namespace) -> int:
         speeds = [engine_speed(e, args.runs) for e in engines]
         if args.json:
             print(json.dumps(speeds, indent=2))
-        if not args.json:
-            print(f"model: {blockfuzz_fast.describe()}")
-        for r in speeds if not args.json else ():
+            return 0
+        print(f"model: {blockfuzz_fast.describe()}")
+        for r in speeds:
             print(f"{r['engine']:11} {r['runs_per_s']:>6} runs/s; the bare model on its "
                   f"{r['runs']} cases {r['bare_runs_per_s']:>6} runs/s ({r['ratio']}x)")
         return 0

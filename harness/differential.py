@@ -32,7 +32,7 @@ import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from harness.case import Case, load
@@ -136,7 +136,7 @@ def model_outcomes(case: Case, seeds: int, run_model: ModelRun) -> list[tuple[st
 
 
 def compare(case: Case, qemu: Observation, model: list[tuple[str, Observation]],
-            seeds: int) -> Finding | None:
+            seeds: int, gapped: int = 0) -> Finding | None:
     """None when QEMU's outcome is one the model allows; else the finding."""
     if qemu.finding is not None and qemu.finding.kind == "qemu-crash":
         return qemu.finding
@@ -144,7 +144,7 @@ def compare(case: Case, qemu: Observation, model: list[tuple[str, Observation]],
     normalised = [(label, normalise(obs)) for label, obs in model]
     if any(not differing_fields(m, q) for _, m in normalised):
         return None
-    return Finding("qemu-mismatch", report(case, qemu, model, seeds),
+    return Finding("qemu-mismatch", report(case, qemu, model, seeds, gapped),
                    where=_where(case, normalised, q), step=_first_step(normalised, q))
 
 
@@ -173,15 +173,18 @@ def _where(case: Case, normalised: list[tuple[str, dict]], q: dict) -> str:
 
 # -- the report ------------------------------------------------------------------------
 
-def report(case: Case, qemu: Observation, model: list[tuple[str, Observation]], seeds: int) -> str:
+def report(case: Case, qemu: Observation, model: list[tuple[str, Observation]], seeds: int,
+           gapped: int = 0) -> str:
     """The side-by-side report: a one-line summary of the first difference, then every
     command with the closest model outcome(s) and QEMU, then every other differing field."""
     q = normalise(qemu)
     normalised = [(label, normalise(obs)) for label, obs in model]
     closest = _closest(normalised, q)
     fields = differing_fields(closest[0][1], q)
+    searched = f"{seeds} seeds" + (f" and {gapped} schedules with at most {GAP_BOUND} gaps "
+                                   "between back-to-back commands" if gapped else "")
     lines = [_summary(case, closest, q, fields),
-             f"QEMU differs from all {len(model)} model outcome(s) over {seeds} seeds; the "
+             f"QEMU differs from all {len(model)} model outcome(s) over {searched}; the "
              f"closest ({', '.join(label for label, _ in closest)}) differ in: {', '.join(fields)}"]
     if qemu.finding is not None:
         lines.append(f"QEMU finding: {qemu.finding.kind}: {qemu.finding.message}")
@@ -248,12 +251,14 @@ def _show(name: str, value: Any) -> str:
 class Gaps(ChoiceSource):
     """Commands back to back except at chosen gaps: ``gaps[i]`` is the loop's
     ``between`` choice before command ``i + 1`` (0 where absent); every other
-    decision comes from ``inner``."""
+    decision comes from ``inner``. QEMU's side sends consecutive commands
+    pipelined, so a job's I/O may still be in flight several commands later; a
+    uniform choice of the gap reaches that only rarely."""
 
-    def __init__(self, inner: ChoiceSource, gaps: dict[int, int]) -> None:
+    def __init__(self, inner: ChoiceSource, gaps: dict[int, int] | None = None) -> None:
         super().__init__()
         self.inner = inner
-        self.gaps = gaps
+        self.gaps = gaps or {}
         self.between = 0
 
     def _pick(self, n, label, keys):
@@ -302,25 +307,11 @@ def search_gaps(case: Case, qemu: Observation, run_gapped: GappedRun,
     return None
 
 
-class BackToBack(ChoiceSource):
-    """Another source's choices, except that commands arrive back to back: the loop
-    runs no iteration between two commands. QEMU's side sends consecutive commands
-    pipelined, so a job's I/O may still be in flight several commands later; a
-    uniform choice of the gap reaches that only rarely."""
-
-    def __init__(self, inner: ChoiceSource) -> None:
-        super().__init__()
-        self.inner = inner
-
-    def _pick(self, n, label, keys):
-        return 0 if label == "between" else self.inner.choose(n, label, keys)
-
-
 def reference_model(case: Case, seed: int | None) -> Observation:
     """The model with QEMU 7.2's behaviour (no bugs put back), on one schedule: the
     case's own (``seed`` None), else the case's policy with ``seed``, or plain random
     choices with ``seed`` where the case records its choices. Odd seeds run the
-    commands back to back (:class:`BackToBack`)."""
+    commands back to back (:class:`Gaps` without gaps)."""
     try:
         from harness.backends import reference
     except ImportError:  # pragma: no cover - the model ships with the harness
@@ -333,7 +324,7 @@ def reference_model(case: Case, seed: int | None) -> Observation:
     else:
         source = reference.source_for(case, seed)
     if seed is not None and seed % 2:
-        source = BackToBack(source)
+        source = Gaps(source)
     return reference.run_case(case, source, bugs=())
 
 
@@ -375,9 +366,7 @@ class Differ:
             found = search_gaps(case, qemu, self.run_gapped)
             if found is not None:
                 return DiffResult(case, qemu, model + [found], None)
-            finding = replace(finding, message=finding.message.replace(
-                " seeds; the closest", f" seeds and {gap_count(case)} schedules with at most "
-                f"{GAP_BOUND} gaps between back-to-back commands; the closest", 1))
+            finding = compare(case, qemu, model, self.seeds, gap_count(case))
         return DiffResult(case, qemu, model, finding)
 
 

@@ -178,8 +178,12 @@ def transcript(case: Case, observation: Observation) -> list[str]:
 
 
 def _in(message: dict) -> str:
-    """A reply or event as QMP carries it (without the model's "step")."""
-    return f"<- {json.dumps({k: v for k, v in message.items() if k != 'step'})}"
+    return f"<- {json.dumps(as_qmp(message))}"
+
+
+def as_qmp(message: dict) -> dict:
+    """A reply or event as QMP carries it: without the "step" the model's events add."""
+    return {k: v for k, v in message.items() if k != "step"}
 
 
 def trace_lines(observation: Observation) -> list[str]:
@@ -369,8 +373,7 @@ def _test_body(case: Case, fixed: Observation) -> list[str]:
     from harness.oracle import Context
     # judged as on QEMU, whose events do not say during which command they came:
     # a reply is asserted only when no timing of the real jobs could change it
-    unplaced = [{k: v for k, v in e.items() if k != "step"} for e in fixed.events]
-    ctx = Context.build(case, dataclasses.replace(fixed, events=unplaced))
+    ctx = Context.build(case, dataclasses.replace(fixed, events=[as_qmp(e) for e in fixed.events]))
     moments = event_moments(fixed.trace)
     lines: list[str] = []
     waited = -1
