@@ -367,6 +367,7 @@ class HypothesisSource(ChoiceSource):
         from hypothesis import strategies as st
         self.data = data
         self.schedule = schedule
+        self.blocks: list[bytes] = []   # with draws="bytes": hypothesis's choices, in order
         cd = getattr(data, "conjecture_data", None)
         if draws == "integers":
             raw = getattr(cd, "draw_integer", None)
@@ -374,7 +375,7 @@ class HypothesisSource(ChoiceSource):
                 (lambda n: data.draw(st.integers(0, n - 1)))
         else:
             raw_bytes = getattr(cd, "draw_bytes", None)
-            self._block = (lambda: raw_bytes(BLOCK, BLOCK)) if raw_bytes is not None else \
+            self._draw_block = (lambda: raw_bytes(BLOCK, BLOCK)) if raw_bytes is not None else \
                 (lambda: data.draw(st.binary(min_size=BLOCK, max_size=BLOCK)))
             self._bytes = b""
             self._at = 0
@@ -382,6 +383,11 @@ class HypothesisSource(ChoiceSource):
         if schedule == "random":
             _register_scheduler_random()
             data.draw(st.random_module())
+
+    def _block(self) -> bytes:
+        block = self._draw_block()
+        self.blocks.append(block)
+        return block
 
     def _from_block(self, n: int) -> int:
         width = byte_width(n)

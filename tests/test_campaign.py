@@ -102,6 +102,69 @@ def test_a_hypothesis_campaign_shrinks_and_keeps_a_finding(capsys, tmp_path):
     assert stored and all(c.expect["verdict"] in ("use-after-free", "wrong-backing") for c in stored)
 
 
+def _count_hypothesis_cases(monkeypatch):
+    """Wrap the hypothesis engine's per-case step: per example (its ``st.data()``),
+    how many cases ran; and every finding, as (case, outcome, choice blocks)."""
+    per_example: dict[object, int] = {}      # keyed by the example's data object itself
+    found: list = []
+    real = campaign._hypothesis_case
+
+    def counted(c, data, out):
+        per_example[data] = per_example.get(data, 0) + 1
+        try:
+            real(c, data, out)
+        except campaign._Interesting:
+            found.append(tuple(out))
+            raise
+    monkeypatch.setattr(campaign, "_hypothesis_case", counted)
+    return per_example, found
+
+
+def test_each_hypothesis_example_runs_a_batch_of_fresh_cases(monkeypatch):
+    per_example, _ = _count_hypothesis_cases(monkeypatch)
+    c = Campaign(Config(engine="hypothesis", budget=Budget(runs=3 * campaign.HYPOTHESIS_BATCH)))
+    campaign.run_hypothesis(c)
+    assert sorted(per_example.values()) == [campaign.HYPOTHESIS_BATCH] * 3
+    assert c.stats.runs == 3 * campaign.HYPOTHESIS_BATCH
+
+
+@pytest.mark.parametrize("runs", [1, 7, 13, 60])
+def test_a_hypothesis_run_budget_is_met_exactly(capsys, runs):
+    rc, lines, _ = fuzz(capsys, "--engine", "hypothesis", "--runs", str(runs))
+    assert rc == 0 and lines[1].startswith(f"runs {runs} in ")
+
+
+def test_a_failing_case_is_shrunk_alone_by_hypothesis(monkeypatch):
+    """The case that failed inside a batch is replayed on its own from an example
+    database and shrunk there: every shrink example is one case, the result is
+    simpler (shortlex) in hypothesis's choices, and it keeps the verdict."""
+    from harness.backends.reference import run_case
+    from harness.corpus import judge
+    per_example, found = _count_hypothesis_cases(monkeypatch)
+    before_shrink: list = []
+    real_shrink = campaign._hypothesis_shrink
+
+    def shrink(*args):
+        before_shrink.append(len(per_example))
+        return real_shrink(*args)
+    monkeypatch.setattr(campaign, "_hypothesis_shrink", shrink)
+    c = Campaign(Config(engine="hypothesis", bugs=(NO_DRAIN,), seed=4, budget=Budget(), minimize=False))
+    result = None
+    for chunk in range(20):
+        result = campaign._hypothesis_chunk(c, run_seed(4, chunk))
+        if result is not None:
+            break
+    assert result is not None
+    first_blocks, last_blocks = found[0][2], found[-1][2]
+    shrinking = list(per_example.values())[before_shrink[0]:]
+    assert 1 <= list(per_example.values())[before_shrink[0] - 1] <= campaign.HYPOTHESIS_BATCH
+    assert len(found) > 1 and len(shrinking) >= len(found) - 1 and set(shrinking) == {1}
+    assert (len(last_blocks), last_blocks) < (len(first_blocks), first_blocks)
+    case, outcome = result
+    assert case == found[-1][0] and outcome.kind == "use-after-free"
+    assert judge(case, run_case(case)).kind == "use-after-free"
+
+
 def test_the_ci_profile_is_used_when_ci_is_set(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("CI", "1")
     rc, lines, _ = fuzz(capsys, "--engine", "hypothesis", "--runs", "60", "--findings", str(tmp_path))
