@@ -383,6 +383,24 @@ class HypothesisSource(ChoiceSource):
         if schedule == "random":
             _register_scheduler_random()
             data.draw(st.random_module())
+        elif draws == "bytes":
+            self.choose = self._choose_from_blocks
+
+    def _choose_from_blocks(self, n: int, label: str, keys: Sequence[Hashable] | None = None) -> int:
+        """:meth:`choose` when every decision is read from blocks: a one-byte decision
+        (nearly all) read inline, the same value :meth:`_from_block` gives."""
+        if n <= 1:
+            return 0
+        if n <= 256:
+            at = self._at
+            if at >= len(self._bytes):
+                self._bytes, at = self._block(), 0
+            value = self._bytes[at] % n
+            self._at = at + 1
+        else:
+            value = self._from_block(n)
+        self.recorded.append(value)
+        return value
 
     def _block(self) -> bytes:
         block = self._draw_block()

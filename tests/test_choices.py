@@ -206,6 +206,27 @@ def test_hypothesis_source_draws_a_new_block_when_one_runs_out():
     assert len(drawn) == 2
 
 
+@given(st.lists(st.integers(0, 70000), max_size=200), st.integers(0, 2**32))
+@settings(max_examples=50, database=None)
+def test_hypothesis_source_inline_one_byte_choices_match_the_block_reader(sizes, seed):
+    """The inline reader of one-byte decisions and the general block reader hand out
+    the same values from the same blocks, for every width of decision."""
+    import random
+
+    from harness.choices import BLOCK
+    stream = random.Random(seed).randbytes(4096)
+
+    def reader(inline: bool):
+        src = HypothesisSource(type("Data", (), {"conjecture_data": None})())
+        blocks = iter(stream[i:i + BLOCK] for i in range(0, len(stream), BLOCK))
+        src._draw_block = lambda: next(blocks)
+        if not inline:
+            src.choose = super(HypothesisSource, src).choose
+        return [src.choose(n, "gen:x") for n in sizes], src.recorded, src.blocks
+
+    assert reader(True) == reader(False)
+
+
 def test_hypothesis_source_random_schedule_replays_through_register_random():
     seen = []
 
