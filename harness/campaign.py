@@ -258,7 +258,22 @@ def run_pct(c: Campaign, first: int = 0, stride: int = 1) -> None:
     Tried and dropped, measured on the seed bug: mutants of a focused case, one
     structural mutation away, did no better than the case itself; nor did a pool of
     generator-choice mutants steered by cells, completion-time gaps and a near-miss
-    distance (AFL-style): one mutation moves one part of a race, which needs several."""
+    distance (AFL-style): one mutation moves one part of a race, which needs several.
+    Also dropped, median runs to no-drain / ref-only / header-before-backing over 40
+    campaigns, against 166 / 168 / 138 with pairs of cells (:func:`scenarios`): teaching
+    a case by the rarest share its focus runs reached (208 / 187 / 145); focus runs that
+    sample the delays between commands from the grammar (173 / 188 / 145), keep the
+    case's own delays (251 / 233 / 180: the delays must vary) or enumerate them
+    systematically (167 / 172 / 142, no better than random ones); labels that carry
+    their position in the case, so that lessons keep the order of commands (287 and
+    207 for ref-only and header-before-backing with pairs, 245 for no-drain without);
+    with pairs, FOCUS_MAX 16 or 64, FOCUS_SCALE 0.1 or 0.5, RARE 0.1 or 0.5, EXPLORE
+    0.15 or 0.35 (no-drain 159, 166, 179, 362, 230, 150, 257, 295: the noise or worse).
+    Focus cannot do much more: of 21 uniform cases that reached "stream_prepare ran
+    while a commit was pending", 17 showed the no-drain bug under none of 32 PCT
+    schedules, three under 28 to 32 and one under 7: the case is the hard part, not
+    the interleaving. Focus still pays for its runs: without it (FOCUS_MAX 0, before
+    pairs) no-drain took 308 runs against 216, at half the runs/s."""
     from harness.learning import GrammarModel, LearnedPCTSource
     model = GrammarModel()
     index = first
