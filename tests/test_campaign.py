@@ -93,6 +93,19 @@ def test_pct_focus_spends_more_runs_on_rarer_cells():
     assert energy(["rare"]) == 4
 
 
+def test_a_rare_pair_of_common_cells_makes_a_run_rare():
+    """pct learns from and focuses on runs whose rarest cell *or pair of cells* is rare:
+    the seed bug's precursor is two cells that each become common once learned."""
+    assert campaign.scenarios(["b", "a", "c"]) == ["a", "b", "c", ("a", "b"), ("a", "c"), ("b", "c")]
+    c = Campaign(Config(engine="pct"))
+    run = lambda cells: type("O", (), {"extra": {"cells": cells}})()  # noqa: E731
+    for cells in (["a"], ["b"], ["a", "b"], ["a"], ["b"]):
+        c.observe(None, run(cells), Outcome("ok", "", ""))
+    assert c.stats.cell_runs == {"a": 3, "b": 3, ("a", "b"): 1}
+    assert c.rarest_share(run(["b", "a"])) == 1 / 5
+    assert c.rarest_share(run(["a"])) == 3 / 5
+
+
 def test_a_hypothesis_campaign_shrinks_and_keeps_a_finding(capsys, tmp_path):
     rc, lines, _ = fuzz(capsys, "--engine", "hypothesis", "--runs", "4000", "--bugs", NO_DRAIN,
                         "--findings", str(tmp_path), "--seed", "4")
