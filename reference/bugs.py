@@ -34,7 +34,9 @@ BUGS: dict[str, Bug] = {b.id: b for b in (
         "use-after-free"),
     Bug("no-never-freeze", "e5182c1c57", "4.1",
         "without BDS.never_freeze a stream may freeze a link to a commit filter: 030 "
-        "test_overlapping_4's stream is accepted where QEMU refuses it",
+        "test_overlapping_4's stream is accepted where QEMU refuses it; campaigns find "
+        "what that led to before the fix: the commit cannot drop its filter (crash in "
+        "commit_abort, &error_abort) or a node it freed is touched (use-after-free)",
         "accept-mismatch"),
 )}
 
