@@ -18,6 +18,10 @@ or through ``blockfuzz fuzz --engine atheris``. Environment:
 ``BLOCKFUZZ_ONLY``       a signature (``kind@where``): other findings do not count
 ``BLOCKFUZZ_MUTATOR``    ``structure`` (default): half the mutations drop, duplicate,
                          splice or retarget commands; ``bytes``: libFuzzer's own only
+``BLOCKFUZZ_FEEDBACK``   ``cells`` (default): libFuzzer's coverage is the scenario cells
+                         and pairs of cells a run reached (:class:`harness.campaign.CellFeedback`),
+                         the model runs uninstrumented (compiled, if built);
+                         ``code``: atheris instruments the model's bytecode
 """
 import os
 import random
@@ -25,14 +29,17 @@ import sys
 
 import atheris
 
-# atheris instruments Python bytecode: the model's sources, never its compiled build
-os.environ["BLOCKFUZZ_PURE"] = "1"
-
-# Coverage of the model guides libFuzzer; the harness (grammar, oracle) is left
-# uninstrumented: it would only slow each run down.
-with atheris.instrument_imports(include=["reference"]):
-    import harness.backends.reference  # noqa: F401  (imports the whole model)
-from harness.campaign import ByteTarget  # noqa: E402
+FEEDBACK = os.environ.get("BLOCKFUZZ_FEEDBACK", "cells")
+if FEEDBACK not in ("cells", "code"):
+    sys.exit(f"BLOCKFUZZ_FEEDBACK must be 'cells' or 'code', not {FEEDBACK!r}")
+if FEEDBACK == "code":
+    # atheris instruments Python bytecode: the model's sources, never its compiled build
+    os.environ["BLOCKFUZZ_PURE"] = "1"
+    # Coverage of the model guides libFuzzer; the harness (grammar, oracle) is left
+    # uninstrumented: it would only slow each run down.
+    with atheris.instrument_imports(include=["reference"]):
+        import harness.backends.reference  # noqa: F401  (imports the whole model)
+from harness.campaign import ByteTarget, CellFeedback  # noqa: E402
 from harness.generate import mutate_structure  # noqa: E402
 from reference.bugs import validate  # noqa: E402
 
@@ -53,7 +60,8 @@ def main() -> None:
     target = ByteTarget(bugs, os.environ.get("BLOCKFUZZ_FINDINGS", "findings"),
                         keep_going=os.environ.get("BLOCKFUZZ_KEEP_GOING") == "1",
                         status=os.environ.get("BLOCKFUZZ_STATUS") == "1",
-                        only=os.environ.get("BLOCKFUZZ_ONLY") or None)
+                        only=os.environ.get("BLOCKFUZZ_ONLY") or None,
+                        feedback=CellFeedback(atheris) if FEEDBACK == "cells" else None)
     structure = os.environ.get("BLOCKFUZZ_MUTATOR", "structure") == "structure"
     if target.status:
         import atexit

@@ -26,6 +26,7 @@ import json
 import multiprocessing
 import os
 import queue as queue_mod
+import re
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,7 @@ class Config:
     minimize: bool = True
     stop_at_first: bool = False
     mutator: str = "structure"       # atheris: structure-aware or plain byte mutation
+    feedback: str = "cells"          # atheris: scenario cells or the model's bytecode guide libFuzzer
     only: str | None = None          # count only findings with this signature (timing one bug)
     known: frozenset[str] = frozenset()  # documented behaviours: counted, never reported
 
@@ -588,7 +590,8 @@ def run_atheris(c: Campaign, work_dir: str) -> None:
     env = dict(os.environ, BLOCKFUZZ_BUGS=",".join(c.config.bugs), BLOCKFUZZ_FINDINGS=staging,
                BLOCKFUZZ_ONLY=c.config.only or "",
                BLOCKFUZZ_KEEP_GOING="0" if c.config.stop_at_first else "1",
-               BLOCKFUZZ_STATUS="1", BLOCKFUZZ_MUTATOR=c.config.mutator)
+               BLOCKFUZZ_STATUS="1", BLOCKFUZZ_MUTATOR=c.config.mutator,
+               BLOCKFUZZ_FEEDBACK=c.config.feedback)
     lines: queue_mod.Queue = queue_mod.Queue()
     procs = []
     for w in range(c.config.jobs):
@@ -641,6 +644,56 @@ class FuzzFinding(Exception):
     """What the atheris target raises for a finding, so libFuzzer writes its crash file too."""
 
 
+def outcomes(case: Case, observation) -> list:
+    """What each command did, as QMP said it: (command, accepted or the error with
+    names masked), and each job's status sequence; the coarse signal, syzkaller's
+    from system calls' results, that lets a corpus grow before any cell is reached."""
+    out: list = []
+    for command, reply in zip(case.commands, observation.replies):
+        error = reply.get("error")
+        out.append((command.execute, QUOTED.sub("'*'", error["desc"]) if error else "ok"))
+    out.extend(("job", tuple(statuses)) for statuses in observation.job_statuses.values())
+    return out
+
+
+QUOTED = re.compile(r"'[^']*'")
+
+
+class CellFeedback:
+    """libFuzzer's coverage from what a run did in the block layer, not from which
+    bytecode it ran: each scenario cell and pair of cells a run reached
+    (:func:`scenarios`) and each command outcome and job status sequence
+    (:func:`outcomes`) is one of atheris's coverage counters, the next one of a pool
+    reserved before libFuzzer starts (it registers counters then). The model runs
+    uninstrumented, and compiled if built.
+
+    Measured on the seed bug, 10 campaigns a form, pure Python model: median 2,296
+    runs and 1.2 s to the finding (no-drain and ref-only alike), against 4,106 runs
+    and 5.3 s (no-drain) and 5,148 runs and 6.2 s (ref-only) with the model's
+    bytecode coverage. Cells alone did as well (1,460 runs, 0.93 s, no-drain) in a
+    campaign, which starts from random inputs, but from an empty corpus libFuzzer
+    found nothing in 30 s: a minimal input reaches no cell, so nothing made the
+    corpus grow. Command outcomes give it that first gradient. Bytecode coverage and
+    cells together did worse than either (5,337 runs): the bytecode's thousands of
+    features drown the cells', and libFuzzer keeps inputs for code paths that do not
+    matter to a race."""
+
+    POOL = 4096     # counters reserved before libFuzzer starts (it registers them then)
+
+    def __init__(self, atheris) -> None:
+        self.atheris = atheris      # its functions are looked up per call: Setup replaces them
+        self.pool = [atheris._reserve_counter() for _ in range(self.POOL)]
+        self.counters: dict = {}
+
+    def signal(self, case: Case, observation) -> None:
+        counters, hit = self.counters, self.atheris._trace_branch
+        for feature in scenarios(observation.extra.get("cells", ())) + outcomes(case, observation):
+            index = counters.get(feature)
+            if index is None:
+                index = counters[feature] = self.pool[len(counters) % self.POOL]
+            hit(index)
+
+
 class ByteTarget:
     """``TestOneInput`` of ``fuzz_targets/stream_commit_fuzzer.py``: one run from libFuzzer's bytes.
 
@@ -653,8 +706,10 @@ class ByteTarget:
     """
 
     def __init__(self, bugs: tuple[str, ...], findings_dir: str, keep_going: bool = False,
-                 status: bool = False, out=None, only: str | None = None):
+                 status: bool = False, out=None, only: str | None = None,
+                 feedback: "CellFeedback | None" = None):
         self.bugs = bugs
+        self.feedback = feedback
         self.only = only
         self.findings_dir = findings_dir
         self.keep_going = keep_going
@@ -673,6 +728,8 @@ class ByteTarget:
             self.started = time.perf_counter()
         case, observation, outcome = run_generated(BytesSource(data), self.bugs)
         self.runs += 1
+        if self.feedback is not None:
+            self.feedback.signal(case, observation)
         found = outcome.kind != "ok" and (self.only is None or self.only in (outcome.signature, outcome.kind))
         status: dict = {}
         new = [x for x in observation.extra.get("cells", ()) if x not in self.cells]
@@ -727,7 +784,7 @@ def run_campaign(c: Campaign, work_dir: str = ".") -> None:
 
 
 def time_to_first_finding(engine: str, bug: str, seed: int, max_runs: int,
-                          signature: str | None = None) -> tuple[int, float, str]:
+                          signature: str | None = None, feedback: str = "cells") -> tuple[int, float, str]:
     """Runs and seconds until ``engine`` first finds something with ``bug`` put back.
 
     ``signature`` (e.g. ``"use-after-free@bdrv_set_backing_hd"``, or a kind alone) counts only
@@ -738,7 +795,7 @@ def time_to_first_finding(engine: str, bug: str, seed: int, max_runs: int,
     """
     config = Config(engine=engine, bugs=(bug,) if bug else (), seed=seed,
                     budget=Budget(runs=max_runs), minimize=False, stop_at_first=True,
-                    only=signature)
+                    only=signature, feedback=feedback)
     c = Campaign(config)
     with tempfile.TemporaryDirectory(prefix="blockfuzz-ttff-") as work:
         run_campaign(c, work)
@@ -845,6 +902,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="processes (default 1)")
     parser.add_argument("--depth", type=int, default=3, metavar="D",
                         help="PCT: runs cycle through bug depths 1..D (default 3)")
+    parser.add_argument("--feedback", choices=("cells", "code"), default="cells",
+                        help="atheris: what guides libFuzzer: the scenario cells and pairs of cells "
+                             "a run reached (default), or coverage of the model's bytecode")
     parser.add_argument("--no-minimize", action="store_true", help="keep findings as found")
     parser.add_argument("--known", metavar="DIR",
                         help="case files of documented behaviours (e.g. corpus/known): "
@@ -870,7 +930,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     runs = args.runs if args.runs is not None or args.max_time is not None else DEFAULT_RUNS
     return Config(engine=args.engine, bugs=bugs, seed=args.seed, budget=Budget(runs, args.max_time),
                   depth=args.depth, jobs=args.jobs, minimize=not args.no_minimize,
-                  known=known_signatures(args.known))
+                  feedback=args.feedback, known=known_signatures(args.known))
 
 
 def known_signatures(directory: str | None) -> frozenset[str]:

@@ -106,6 +106,54 @@ def test_a_rare_pair_of_common_cells_makes_a_run_rare():
     assert c.rarest_share(run(["a"])) == 3 / 5
 
 
+def test_cell_feedback_gives_each_cell_and_pair_a_counter_of_its_own():
+    class Atheris:                      # atheris's counter interface, recorded
+        def __init__(self):
+            self.next, self.hits = 7, []
+
+        def _reserve_counter(self):
+            self.next += 1
+            return self.next - 1
+
+        def _trace_branch(self, index):
+            self.hits.append(index)
+
+    atheris = Atheris()
+    feedback = campaign.CellFeedback(atheris)
+    assert feedback.pool[:2] == [7, 8] and len(feedback.pool) == campaign.CellFeedback.POOL
+    nothing = case_mod.Case(images=(), commands=())
+    run = lambda cells: type("O", (), {"extra": {"cells": cells}, "replies": [], "job_statuses": {}})()  # noqa: E731
+    feedback.signal(nothing, run(["b", "a"]))        # a, b, (a, b)
+    feedback.signal(nothing, run(["a"]))
+    feedback.signal(nothing, run(["c", "a"]))        # a, c, (a, c)
+    assert atheris.hits == [7, 8, 9, 7, 7, 10, 11]
+    later = []                                       # atheris.Setup replaces its functions
+    atheris._trace_branch = later.append
+    feedback.signal(nothing, run(["c"]))
+    assert later == [10] and len(atheris.hits) == 7
+
+
+def test_outcomes_are_what_each_command_and_job_did_with_names_masked():
+    from harness.case import Command
+    case = case_mod.Case(images=(), commands=(Command("block-stream", {"device": "node3"}),
+                                              Command("block-commit", {"device": "drive0"}),
+                                              Command("x-wait-jobs")))
+    observation = type("O", (), {
+        "replies": [{"return": {}}, {"error": {"class": "GenericError",
+                                              "desc": "Node 'node3' is busy: block device is in use by block job: stream"}}],
+        "job_statuses": {"node3": ["created", "running", "concluded"]}})()
+    assert campaign.outcomes(case, observation) == [
+        ("block-stream", "ok"),
+        ("block-commit", "Node '*' is busy: block device is in use by block job: stream"),
+        ("job", ("created", "running", "concluded"))]
+
+
+def test_feedback_is_cells_or_code(capsys):
+    assert main(["fuzz", "--engine", "atheris", "--feedback", "lines"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--feedback" in err and "'cells', 'code'" in err
+
+
 def test_a_hypothesis_campaign_shrinks_and_keeps_a_finding(capsys, tmp_path):
     rc, lines, _ = fuzz(capsys, "--engine", "hypothesis", "--runs", "4000", "--bugs", NO_DRAIN,
                         "--findings", str(tmp_path), "--seed", "4")

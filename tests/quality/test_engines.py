@@ -40,6 +40,15 @@ def test_each_engine_finds_the_seed_bug_from_scratch(engine, bug):
     assert verdict == sig.split("@")[0], f"{engine} did not find {sig} in {FIND_BUDGET[engine]} runs"
 
 
+@pytest.mark.skipif(not atheris_available(), reason="atheris is not installed")
+def test_atheris_guided_by_the_models_bytecode_finds_the_seed_bug_too():
+    sig = SEED_BUGS["stream-prepare-no-drain"]
+    runs, _, verdict = time_to_first_finding("atheris", "stream-prepare-no-drain", seed=0,
+                                             max_runs=FIND_BUDGET["atheris"], signature=sig,
+                                             feedback="code")
+    assert verdict == "use-after-free", f"atheris (code feedback) did not find {sig}"
+
+
 @pytest.mark.parametrize("bug", sorted(SEED_BUGS))
 def test_a_campaign_keeps_the_seed_bug_minimized_and_replayable(tmp_path, bug):
     sig = SEED_BUGS[bug]
