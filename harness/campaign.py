@@ -633,9 +633,11 @@ def _follow_atheris(c: Campaign, lines: queue_mod.Queue, workers: int) -> None:
         c.stats.cells.add(status.get("cells", ()), c.stats.runs)
         if "finding" in status:
             f = status["finding"]
-            if c.stats.first is None:   # the worker's own clock: its start-up is not fuzzing
+            outcome = Outcome(f["kind"], f["where"], f["message"])
+            if c.stats.first is None and outcome.signature not in c.config.known:
+                # the worker's own clock: its start-up is not fuzzing
                 c.stats.first = FirstFinding(c.stats.runs, f["seconds"], f["kind"])
-            c.found(case_mod.load(f["path"]), Outcome(f["kind"], f["where"], f["message"]))
+            c.found(case_mod.load(f["path"]), outcome)
         if c.on_progress:
             c.on_progress(c)
 
@@ -824,7 +826,7 @@ def summary(c: Campaign, interrupted: bool = False) -> list[str]:
     lines = [f"{'interrupted' if interrupted else 'done'}: engine {c.config.engine}, bugs {bugs}, "
              f"seed {c.config.seed}",
              f"runs {s.runs:,} in {s.elapsed:.1f} s ({s.runs_per_second:,.0f} runs/s, "
-             f"{model_build(c.config.engine)} model)"
+             f"{model_build(c.config)} model)"
              + (f", after {s.seeds} corpus cases" if s.seeds else "")]
     lines.append(f"cells reached: {len(s.cells)} ({len(REQUIRED) - len(s.cells.missing())} of "
                  f"{len(REQUIRED)} required)")
@@ -844,10 +846,13 @@ def summary(c: Campaign, interrupted: bool = False) -> list[str]:
     return lines
 
 
-def model_build(engine: str) -> str:
-    """Which model the runs used: atheris instruments the Python sources, always."""
+def model_build(config: Config) -> str:
+    """Which model the runs used: atheris guided by bytecode coverage instruments the
+    Python sources; every other engine takes the compiled build while it is current."""
     import blockfuzz_fast
-    return "pure Python" if engine == "atheris" else blockfuzz_fast.describe()
+    if config.engine == "atheris" and config.feedback == "code":
+        return "pure Python"
+    return blockfuzz_fast.describe()
 
 
 def pct_summary(c: Campaign) -> str:

@@ -459,3 +459,29 @@ def test_needs_names_each_forced_decision_or_says_there_is_none():
     assert needs(Minimized(case, "hang", 1, case, (delay,))) == (
         "delay at 0.0: the loop ran 2 iterations before the next command",)
     assert needs(Minimized(case, "hang", 1, case, ())) == ("nothing beyond a non-preemptive schedule",)
+
+
+def test_atheris_status_with_a_known_finding_is_not_the_first_finding():
+    import queue
+    known = "hang@a guest write on a drained device"
+    c = Campaign(Config(engine="atheris", known=frozenset({known})))
+    lines = queue.Queue()
+    path = "corpus/known/guest-write-waits-for-pending-active-commit.json"
+    finding = {"path": path, "kind": "hang", "where": "a guest write on a drained device",
+               "message": "no progress", "seconds": 1.5}
+    for status in ({"runs": 10, "finding": finding}, {"runs": 20}, None):
+        lines.put((0, status))
+    campaign._follow_atheris(c, lines, workers=1)
+    assert c.stats.first is None and c.stats.known == {known: 1} and c.stats.runs == 20
+    lines.put((0, {"runs": 30, "finding": dict(finding, kind="crash", where="elsewhere")}))
+    lines.put((0, None))
+    campaign._follow_atheris(c, lines, workers=1)
+    assert c.stats.first == campaign.FirstFinding(30, 1.5, "crash")
+
+
+def test_the_summary_names_the_model_atheris_ran(monkeypatch):
+    import blockfuzz_fast
+    monkeypatch.setattr(blockfuzz_fast, "describe", lambda: "compiled (Cython)")
+    assert campaign.model_build(Config(engine="atheris")) == "compiled (Cython)"
+    assert campaign.model_build(Config(engine="atheris", feedback="code")) == "pure Python"
+    assert campaign.model_build(Config(engine="pct", feedback="code")) == "compiled (Cython)"
