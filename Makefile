@@ -23,7 +23,7 @@ qemu:
 	@bash scripts/ensure-qemu.sh
 
 fuzz: venv
-	$(VENV)/bin/blockfuzz fuzz --engine random --runs 30000 --corpus corpus --known corpus/known --findings findings
+	$(VENV)/bin/blockfuzz fuzz --engine pct --runs 30000 --corpus corpus --known corpus/known --findings findings
 
 test: venv qemu
 	$(PY) -m pytest --cov --cov-branch --cov-report=term --cov-fail-under=90 tests
