@@ -438,6 +438,8 @@ def _hypothesis_shrink(c: Campaign, blocks: list[bytes], seed: int) -> tuple[Cas
     def prop(data):
         _hypothesis_case(c, data, found)
 
+    # the key hypothesis's own find() sets; a hypothesis that ignored it would find
+    # nothing to reuse, and the campaign would keep the case as it failed
     prop._hypothesis_internal_database_key = DATABASE_KEY
     # the secondary corpus: hypothesis takes an exact replay from the primary one
     # for a test case it shrank already, and would not shrink it
