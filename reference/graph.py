@@ -486,11 +486,6 @@ def bdrv_append_filter(m: "Machine", drv: str, name: str | None, bs: BlockDriver
         raise QMPError(f"Duplicate nodes with node-name='{name}'")
     f = BlockDriverState(m, node_name, drv, implicit=not name)
     f.read_only = bs.read_only
-    if drv == "copy-on-read":
-        # bdrv_open_common names a node opened over a 'file' after that file,
-        # refreshed (commit_top and mirror_top are opened without one: "")
-        bdrv_refresh_filename(bs)
-        f.filename = f.exact_filename = bs.filename
     m.named_nodes[node_name] = f
     bdrv_attach_child(f, bs, FILTER_CHILD[drv])
     bdrv_replace_node(bs, f, auto_skip=True)

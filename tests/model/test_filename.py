@@ -137,3 +137,17 @@ def test_no_backing_where_the_header_names_one_is_json_null():
     bdrv_refresh_filename(node0)
     assert node0.filename == ('json:{"backing": null, "driver": "qcow2", "file": '
                               '{"driver": "file", "filename": "node0.qcow2"}}')
+
+
+def test_inserting_a_filter_over_the_top_refreshes_nothing():
+    """A stream refused after its filter went in (negative speed) leaves the
+    top's filename as it was: QEMU 7.2 then still takes 'top' by the shortcut
+    and accepts the commit (the model once refreshed the top there and refused)."""
+    m = machine(6)
+    ok(m, "block-stream", device="node1", base_node="node0", filter_node_name="cf",
+       auto_finalize=False, job_id="s1")
+    ok(m, "x-wait-jobs")
+    refused = qmp.execute(m, "block-stream", {"device": "node5", "base": "node4.qcow2", "speed": -1})
+    assert refused["error"]["desc"] == "Parameter 'speed' expects a non-negative value"
+    assert m.named_nodes["node5"].filename == "node5.qcow2"
+    ok(m, "block-commit", device="drive0", top="node3.qcow2", base_node="node2", job_id="c")
