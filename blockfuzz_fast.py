@@ -26,7 +26,7 @@ import sys
 ROOT = os.path.dirname(os.path.abspath(__file__))
 MANIFEST = "SOURCES.sha256"
 MODULES: dict[str, tuple[str, ...]] = {
-    "reference": ("bugs", "commit", "data", "drain", "errors", "graph", "job", "loop",
+    "reference": ("bugs", "commit", "data", "drain", "errors", "filename", "graph", "job", "loop",
                   "machine", "qmp", "stream"),
     "harness": ("check", "choices", "generate", "learning", "observation", "oracle"),
     "harness.backends": ("reference",),

@@ -32,6 +32,7 @@ a command may start anywhere between its neighbours' anchors. A status is
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
@@ -650,12 +651,26 @@ def _header_violations(ctx: Context, chain: list["ChainNode"]) -> list[Violation
     for node, below in zip(chain, chain[1:]):
         if custom or node.is_filter or node.backing_file is None:
             continue
-        if node.backing_file != below.filename:
+        if node.backing_file != below.filename and json_image_file(node.backing_file) != below.filename:
             return [Violation(
                 "wrong-backing", -1, below.filename, node.backing_file,
                 f"{node.node_name}'s header names backing file '{node.backing_file}', "
                 f"expected '{below.filename}' ({below.node_name})", "backing:header")]
     return []
+
+
+def json_image_file(backing: str) -> str | None:
+    """The image file a ``json:{...}`` backing string opens (its ``file``'s
+    ``filename``): QEMU writes one when the backing node's filename is a
+    description (a named filter in the chain below it), and it names the
+    right image as well as a plain filename does."""
+    if not backing.startswith("json:"):
+        return None
+    try:
+        file = json.loads(backing[len("json:"):]).get("file")
+    except (ValueError, AttributeError):
+        return None
+    return file.get("filename") if isinstance(file, dict) else None
 
 
 # --- guest data ------------------------------------------------------------------

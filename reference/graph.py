@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Iterator
 from reference import drain
 from reference.data import ImageData
 from reference.errors import QMPError, UseAfterFree
+from reference.filename import bdrv_backing_overridden, bdrv_refresh_filename
 
 if TYPE_CHECKING:
     from reference.machine import Machine
@@ -36,7 +37,12 @@ class BlockDriverState:
         self.m = m
         self.node_name = node_name
         self.drv = drv
-        self.filename = filename
+        self.image_file = filename          # the protocol child's file name: fixed
+        self.filename = filename            # bs->filename: a cache, see reference.filename
+        self.exact_filename = filename
+        self.full_open_options: dict | None = None
+        self.auto_backing_file = ""         # what the header would open as backing
+        self.auto_backing_relative = False  # ... given by the user (see bdrv_change_backing_file)
         self.read_only = read_only
         self.data = data
         self.implicit = implicit
@@ -73,11 +79,13 @@ class BlockDriverState:
         return None
 
     def display_filename(self) -> str:
-        """A filter reports the filename of the node it filters."""
+        """The image file the observed chain shows for this node (a filter: the
+        one of the node it filters), as the QEMU backend reads it from the
+        protocol node, whatever the node's own (cached) filename says."""
         if self.is_filter:
             child = bdrv_filter_child(self)
             return child.bs.display_filename() if child else ""
-        return self.filename
+        return self.image_file
 
 
 class BdrvChild:
@@ -186,9 +194,17 @@ def _replace_child_noperm(c: BdrvChild, new: BlockDriverState | None, attaching:
         new.parents.insert(0, c)
         saldo += new.quiesce_counter - new_q
         drain.child_attach(c)
+        if _is_cow_child(c):
+            bdrv_refresh_filename(new)          # bdrv_backing_attach
     while saldo < 0:
         drain.parent_drained_end_single(c)
         saldo += 1
+
+
+def _is_cow_child(c: BdrvChild) -> bool:
+    """A format node's backing edge (role COW; a filter's is FILTERED, a
+    BlockBackend's or a job's is no node edge at all)."""
+    return c.name == "backing" and c.parent.kind == "node" and not c.parent.is_filter
 
 
 # -- chain helpers (block.c, include/block/block_int-io.h) -------------------
@@ -284,12 +300,36 @@ def chain(bs: BlockDriverState | None) -> Iterator[BlockDriverState]:
 
 
 def bdrv_find_backing_image(bs: BlockDriverState, filename: str) -> BlockDriverState | None:
-    """First image strictly below ``bs`` (filters above it skipped first) whose
-    filename equals ``filename``."""
-    for n in chain(bdrv_filter_or_cow_bs(bdrv_skip_filters(bs))):
-        if not n.is_filter and n.filename == filename:
-            return n
+    """The first image strictly below ``bs`` (filters skipped) that ``filename``
+    names: compared with its overlay's header string, or, where that overlay's
+    backing is overridden, with the image's own filename (refreshed once, then
+    cached for the rest of the walk, as block.c does)."""
+    refreshed = False
+    curr = bdrv_skip_filters(bs)
+    while curr is not None and bdrv_cow_child(curr) is not None:
+        below = bdrv_backing_chain_next(curr)
+        if bdrv_backing_overridden(curr):
+            if not refreshed:
+                bdrv_refresh_filename(below)
+                refreshed = True
+            if filename == below.filename:
+                return below
+        elif filename == curr.backing_file and _names_existing_file(curr.m, filename):
+            return below
+        curr = below
     return None
+
+
+def _names_existing_file(m: "Machine", name: str) -> bool:
+    """block.c compares a plain path with realpath(), which needs the file to
+    exist (a protocol path is compared as it is)."""
+    return path_has_protocol(name) or name in m.images
+
+
+def path_has_protocol(path: str) -> bool:
+    """A ``<protocol>:`` prefix before any '/' (``json:``, ``nbd:``, ...)."""
+    head = path.split("/", 1)[0]
+    return ":" in head
 
 
 def bdrv_get_device_or_node_name(bs: BlockDriverState) -> str:
@@ -473,20 +513,31 @@ def bdrv_drop_intermediate(top: BlockDriverState, base: BlockDriverState,
     try:
         if not bdrv_chain_contains(top, base):
             raise QMPError("Input/output error", "EIO")
-        if backing_file_str is None:
-            backing_file_str = base.display_filename()
+        given = backing_file_str is not None
+        if not given:
+            bdrv_refresh_filename(base)
         updated = [c for c in top.parents]
         bdrv_replace_node(top, base, auto_skip=False)
         for c in updated:
             if c.parent.kind == "node" and c.bs is base:
-                bdrv_change_backing_file(c.parent, backing_file_str, bdrv_skip_filters(base).drv)
+                # without backing-file, QEMU passes a pointer to base->filename:
+                # each header gets the string as the attaches above left it
+                bdrv_change_backing_file(c.parent, backing_file_str if given else base.filename,
+                                         bdrv_skip_filters(base).drv, given=given)
     finally:
         drain.bdrv_subtree_drained_end(top)
         bdrv_unref(top, "bdrv_drop_intermediate")
 
 
-def bdrv_change_backing_file(bs: BlockDriverState, filename: str | None, fmt: str | None) -> None:
-    """Rewrite the image header's backing string (a filter passes it down)."""
+def bdrv_change_backing_file(bs: BlockDriverState, filename: str | None, fmt: str | None,
+                             given: bool = False) -> None:
+    """Rewrite the image header's backing string (a filter passes it down).
+
+    The string also becomes what the header would open (auto_backing_file).
+    ``given``: the string is the user's ``backing-file``, which the QEMU
+    backend passes as it is, a relative path, while the model's filenames
+    stand for the absolute paths QEMU's nodes have: it never equals one.
+    """
     target = bdrv_skip_filters(live(bs, "bdrv_change_backing_file"))
     if target is None or target.drv not in ("qcow2",):
         return
@@ -494,6 +545,8 @@ def bdrv_change_backing_file(bs: BlockDriverState, filename: str | None, fmt: st
     live(target, "bdrv_change_backing_file")
     target.backing_file = filename
     target.header_backing = filename
+    target.auto_backing_file = filename or ""
+    target.auto_backing_relative = given and bool(filename) and not path_has_protocol(filename)
     target.backing_format = target.header_backing_format = fmt if filename else None
 
 

@@ -149,7 +149,7 @@ class Machine:
         if backing is not None:
             bdrv_attach_child(bs, backing, "backing")
             bdrv_unref_child_owner(backing)
-            bs.header_backing = bs.backing_file = backing.filename
+            bs.header_backing = bs.backing_file = bs.auto_backing_file = backing.filename
             bs.header_backing_format = backing.drv
         return bs
 

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from reference.commit import commit_active_start, commit_start
 from reference.errors import Hang, QMPError
+from reference.filename import bdrv_refresh_filename
 from reference.graph import (bdrv_chain_contains, bdrv_filter_or_cow_bs, bdrv_find_backing_image,
                              bdrv_find_base, bdrv_find_overlay, bdrv_op_is_blocked,
                              bdrv_skip_filters, live)
@@ -194,7 +195,7 @@ def _commit_top(m, bs, top_node, top):
         top_bs = bdrv_lookup_bs(m, None, top_node)
         if not bdrv_chain_contains(bs, top_bs):
             raise QMPError(f"'{top_node}' is not in this backing file chain")
-    elif top is not None and bdrv_skip_filters(bs).filename != top:
+    elif top is not None and bs.filename != top:     # the cached filename, a shortcut
         top_bs = bdrv_find_backing_image(bs, top)
     if top_bs is None:
         raise QMPError(f"Top image file {top} not found")
@@ -263,15 +264,18 @@ def qmp_query_block_jobs(m):
 
 
 def qmp_query_named_block_nodes(m, flat=False):
+    """bdrv_block_device_info of every named node: each refreshes its filename
+    (a side effect later header writes can show)."""
     out = []
     for name, bs in m.named_nodes.items():
+        bdrv_refresh_filename(bs)
         backing = bdrv_filter_or_cow_bs(bs) if not bs.is_filter else None
-        image = {"filename": bs.display_filename(), "format": bs.drv}
+        image = {"filename": bs.filename, "format": bs.drv}
         if bs.backing_file:
             image["backing-filename"] = bs.backing_file
         if backing is not None:
-            image["backing-image"] = {"filename": backing.display_filename(), "format": backing.drv}
-        out.append({"node-name": name, "drv": bs.drv, "file": bs.display_filename(),
+            image["backing-image"] = {"filename": backing.filename, "format": backing.drv}
+        out.append({"node-name": name, "drv": bs.drv, "file": bs.filename,
                     "ro": bs.read_only, "image": image})
     return out
 

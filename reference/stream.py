@@ -81,7 +81,7 @@ class StreamJob(Job):
         base = bdrv_filter_or_cow_bs(self.above_base)
         if bdrv_cow_child(bs) is None:
             return 0
-        bdrv_change_backing_file(bs, *self._base_id(base))
+        bdrv_change_backing_file(bs, *self._base_id(bdrv_skip_filters(base)))
         try:
             bdrv_set_backing_hd(bs, base, drain_it=False)
         except QMPError as e:
@@ -89,13 +89,17 @@ class StreamJob(Job):
             return -1
         return 0
 
-    def _base_id(self, base) -> tuple[str | None, str | None]:
+    def _base_id(self, unfiltered_base) -> tuple[str | None, str | None, bool]:
         """The header's new backing string and format: ``backing-file`` or the
-        unfiltered base's filename."""
-        unfiltered_base = bdrv_skip_filters(base)
+        unfiltered base's filename as cached right now (QEMU keeps a pointer
+        to ``unfiltered_base->filename``: read it after the graph change, the
+        string is the one the backing attach refreshed); and whether the user
+        gave it."""
         if unfiltered_base is None:
-            return None, None
-        return self.backing_file_str or unfiltered_base.filename, unfiltered_base.drv
+            return None, None, False
+        if self.backing_file_str:
+            return self.backing_file_str, unfiltered_base.drv, True
+        return unfiltered_base.filename, unfiltered_base.drv, False
 
     def _prepare_fixed(self) -> int:
         above_base = self.above_base
@@ -124,13 +128,13 @@ class StreamJob(Job):
         bs = bdrv_skip_filters(self.target_bs)
         if bdrv_cow_child(bs) is None:
             return 0
-        base_id, base_fmt = self._base_id(base)      # read before the graph changes
+        unfiltered_base = bdrv_skip_filters(base)      # read before the graph changes
         try:
             bdrv_set_backing_hd(bs, base)
         except QMPError as e:
             self.m.report_error(e.desc)
             return -1
-        bdrv_change_backing_file(bs, base_id, base_fmt)
+        bdrv_change_backing_file(bs, *self._base_id(unfiltered_base))
         return 0
 
     def cor_filter_drop(self) -> None:

@@ -271,6 +271,20 @@ def test_a_backing_file_argument_may_write_another_header_string():
     assert violations(case, obs) == []
 
 
+def test_a_json_header_string_names_its_image_by_its_file():
+    """QEMU 7.2 writes a json: description when a named filter sits below the
+    new backing node: right when its top-level file is the backing node's."""
+    case = make_case(5, [cmd("block-stream", device="node4", base_node="node0", job_id="s")])
+    obs = observe(case, events=success("s"), names=["node4", "node0"])
+    describes = lambda f: ('json:{"backing": {"driver": "copy-on-read"}, "driver": "raw", '
+                           '"file": {"driver": "file", "filename": "%s"}}' % f)
+    obs.chain[0].backing_file = describes("node0.raw")
+    assert violations(case, obs) == []
+    for wrong in (describes("node2.qcow2"), "json:{not json", 'json:["node0.raw"]', 'json:{"file": 1}'):
+        obs.chain[0].backing_file = wrong
+        assert [v.kind for v in violations(case, obs)] == ["wrong-backing"], wrong
+
+
 def test_a_run_cut_short_by_a_finding_has_no_chain_or_data_to_judge():
     case = make_case(6, [COMMIT_5, STREAM_5])
     obs = observe(case, events=OVERLAPPING_5_EVENTS[:6], names=[], data=[],

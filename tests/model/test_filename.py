@@ -1,0 +1,153 @@
+"""Node filenames (reference/filename.py): the json: strings QEMU 7.2 writes
+into headers when a named filter sits in a backing chain, and the cache that
+only some calls refresh. The expected strings are the ones real QEMU 7.2
+wrote for the same commands (``blockfuzz diff`` agrees on each scenario)."""
+from harness.choices import RandomSource
+from reference import qmp
+from reference.filename import (bdrv_backing_overridden, bdrv_refresh_filename, qdict_order,
+                                qobject_to_json, tdb_hash)
+from reference.graph import bdrv_change_backing_file, bdrv_find_backing_image
+from reference.machine import Machine
+
+NODE6_OVER_NAMED_FILTER = (
+    'json:{"backing": {"driver": "copy-on-read", "file": {"driver": "qcow2", "file": '
+    '{"driver": "file", "filename": "node5.qcow2"}}}, "driver": "qcow2", "file": '
+    '{"driver": "file", "filename": "node6.qcow2"}}')
+
+
+def machine(n=8):
+    m = Machine(RandomSource(0).choose)
+    below = None
+    for i in range(n):
+        below = m.add_image(f"node{i}", "qcow2", f"node{i}.qcow2", 1 << 20, 65536, below,
+                            read_only=i < n - 1)
+    m.attach_device("drive0", below)
+    return m
+
+
+def ok(m, name, **args):
+    reply = qmp.execute(m, name, {k.replace("_", "-"): v for k, v in args.items()})
+    assert reply == {"return": {}}, reply
+    return reply
+
+
+def pending_stream_of_node5(m, filter_node_name=None):
+    """A stream of node5 whose copy-on-read filter stays (auto-finalize off):
+    node6's backing child is the filter until job-finalize."""
+    extra = {"filter_node_name": filter_node_name} if filter_node_name else {}
+    ok(m, "block-stream", device="node5", base_node="node3", auto_finalize=False, job_id="s5", **extra)
+    ok(m, "x-wait-jobs")
+
+
+def test_qdict_order_is_bucket_order_not_insertion_order():
+    assert [tdb_hash(k) % 512 for k in ("backing", "driver", "filename", "file")] == [198, 239, 313, 463]
+    assert qdict_order({"file": 1, "driver": 2, "backing": 3}) == ["backing", "driver", "file"]
+    assert qobject_to_json({"driver": "file", "filename": "a", "x": None}) == \
+        '{"x": null, "driver": "file", "filename": "a"}'     # not alphabetical either
+
+
+def test_stream_over_a_named_filter_writes_the_json_string():
+    m = machine()
+    pending_stream_of_node5(m, "filter1")
+    ok(m, "block-stream", device="node7", base_node="node6", job_id="s7")
+    ok(m, "x-wait-jobs")
+    assert m.images["node7.qcow2"].header_backing == NODE6_OVER_NAMED_FILTER
+    assert m.named_nodes["node6"].filename == NODE6_OVER_NAMED_FILTER
+    # a json: header string is compared as it is (a protocol path)
+    assert bdrv_find_backing_image(m.named_nodes["node7"], NODE6_OVER_NAMED_FILTER) is m.named_nodes["node6"]
+
+
+def test_an_implicit_filter_takes_its_childs_filename():
+    m = machine()
+    pending_stream_of_node5(m)
+    cor = m.named_nodes["node6"].backing.bs
+    assert cor.implicit and cor.node_name.startswith("#block")
+    ok(m, "block-stream", device="node7", base_node="node6", job_id="s7")
+    ok(m, "x-wait-jobs")
+    assert cor.filename == "node5.qcow2"
+    assert m.images["node7.qcow2"].header_backing == "node6.qcow2"
+
+
+def test_a_named_commit_top_is_named_after_its_backing():
+    m = machine()
+    ok(m, "block-commit", device="drive0", top_node="node5", base_node="node3",
+       filter_node_name="ct", auto_finalize=False, job_id="c")
+    ct, node6 = m.named_nodes["ct"], m.named_nodes["node6"]
+    assert node6.backing.bs is ct and ct.filename == "node5.qcow2"
+    assert qobject_to_json(ct.full_open_options) == (
+        '{"backing": {"driver": "qcow2", "file": {"driver": "file", "filename": "node5.qcow2"}}, '
+        '"driver": "commit_top"}')
+    bdrv_refresh_filename(node6)
+    assert not bdrv_backing_overridden(node6) and node6.filename == "node6.qcow2"
+
+
+def test_commit_writes_the_refreshed_base_filename():
+    """bdrv_drop_intermediate refreshes base first: a named stream filter below
+    the base shows in the overlay's new header."""
+    m = machine()
+    ok(m, "block-stream", device="node3", base_node="node1", filter_node_name="filter1",
+       auto_finalize=False, job_id="s3")
+    ok(m, "x-wait-jobs")
+    ok(m, "block-commit", device="drive0", top_node="node5", base_node="node4",
+       filter_node_name="ct", job_id="c")
+    ok(m, "x-wait-jobs")
+    assert m.images["node6.qcow2"].header_backing == (
+        'json:{"backing": {"driver": "copy-on-read", "file": {"driver": "qcow2", "file": '
+        '{"driver": "file", "filename": "node3.qcow2"}}}, "driver": "qcow2", "file": '
+        '{"driver": "file", "filename": "node4.qcow2"}}')
+
+
+def test_the_filename_is_a_cache_a_query_refreshes():
+    """Inserting the filter refreshes the filter (node6's backing attach), not
+    node6: node7 still finds node6 by its plain name. query-named-block-nodes
+    refreshes every node; then the same lookup fails, as on QEMU 7.2."""
+    m = machine()
+    pending_stream_of_node5(m, "filter1")
+    node6, node7 = m.named_nodes["node6"], m.named_nodes["node7"]
+    assert node6.filename == "node6.qcow2" and node6.backing.bs.filename.startswith("json:")
+    assert bdrv_find_backing_image(node7, "node6.qcow2") is node6
+    assert node6.filename == "node6.qcow2"            # that lookup refreshed nothing
+    reply = qmp.execute(m, "query-named-block-nodes")
+    assert node6.filename == NODE6_OVER_NAMED_FILTER
+    assert {n["node-name"]: n["file"] for n in reply["return"]}["node6"] == NODE6_OVER_NAMED_FILTER
+    assert bdrv_find_backing_image(node7, "node6.qcow2") is None
+    assert bdrv_find_backing_image(node7, "node5.qcow2") is m.named_nodes["node5"]
+    assert qmp.execute(m, "block-stream", {"device": "node7", "base": "node6.qcow2"}) == {
+        "error": {"class": "GenericError", "desc": "Can't find 'node6.qcow2' in the backing chain"}}
+
+
+def test_a_given_backing_file_is_relative_and_overrides():
+    """The harness passes backing-file as it is: a relative path never equals
+    a node's (absolute) filename, so the node gets a json: filename, and a
+    lookup compares the backing node's own filename instead."""
+    m = machine(3)
+    node1, node2 = m.named_nodes["node1"], m.named_nodes["node2"]
+    bdrv_change_backing_file(node2, "node1.qcow2", "qcow2", given=True)
+    assert node2.auto_backing_relative and bdrv_backing_overridden(node2)
+    bdrv_refresh_filename(node2)
+    assert node2.filename.startswith('json:{"backing": {"driver": "qcow2"')
+    assert bdrv_find_backing_image(node2, "node1.qcow2") is node1
+    assert bdrv_find_backing_image(node2, "custom.qcow2") is None
+
+
+def test_no_backing_where_the_header_names_one_is_json_null():
+    m = machine(2)
+    node0 = m.named_nodes["node0"]
+    node0.auto_backing_file = "gone.qcow2"
+    bdrv_refresh_filename(node0)
+    assert node0.filename == ('json:{"backing": null, "driver": "qcow2", "file": '
+                              '{"driver": "file", "filename": "node0.qcow2"}}')
+
+
+def test_inserting_a_filter_over_the_top_refreshes_nothing():
+    """A stream refused after its filter went in (negative speed) leaves the
+    top's filename as it was: QEMU 7.2 then still takes 'top' by the shortcut
+    and accepts the commit (the model once refreshed the top there and refused)."""
+    m = machine(6)
+    ok(m, "block-stream", device="node1", base_node="node0", filter_node_name="cf",
+       auto_finalize=False, job_id="s1")
+    ok(m, "x-wait-jobs")
+    refused = qmp.execute(m, "block-stream", {"device": "node5", "base": "node4.qcow2", "speed": -1})
+    assert refused["error"]["desc"] == "Parameter 'speed' expects a non-negative value"
+    assert m.named_nodes["node5"].filename == "node5.qcow2"
+    ok(m, "block-commit", device="drive0", top="node3.qcow2", base_node="node2", job_id="c")
