@@ -194,7 +194,7 @@ def _replace_child_noperm(c: BdrvChild, new: BlockDriverState | None, attaching:
         new.parents.insert(0, c)
         saldo += new.quiesce_counter - new_q
         drain.child_attach(c)
-        if _is_cow_child(c):
+        if _is_cow_child(c) and not new.m.opening:
             bdrv_refresh_filename(new)          # bdrv_backing_attach
     while saldo < 0:
         drain.parent_drained_end_single(c)

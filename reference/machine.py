@@ -50,6 +50,7 @@ class Machine:
         self.cells: set[str] = set()
         self.cmd_index = -1
         self.drain_depth = 0
+        self.opening = False        # building the chain: attaching backing nodes just opened
         self.completing: list[Job] = []
         self.auto_counter = 0
         self.errors: list[str] = []
@@ -147,7 +148,11 @@ class Machine:
         self.named_nodes[node_name] = bs
         self.images[filename] = bs
         if backing is not None:
-            bdrv_attach_child(bs, backing, "backing")
+            self.opening = True         # the chain below was just opened: its filenames are fresh
+            try:
+                bdrv_attach_child(bs, backing, "backing")
+            finally:
+                self.opening = False
             bdrv_unref_child_owner(backing)
             bs.header_backing = bs.backing_file = bs.auto_backing_file = backing.filename
             bs.header_backing_format = backing.drv
