@@ -884,11 +884,27 @@ def _named_below(ctx, i, upper, name, text: str, strict: bool = True):
 
 
 def _file_below(ctx, i, upper, filename, text: str, strict: bool = True):
-    """A filename argument (bdrv_find_backing_image) that must be in ``upper``'s chain."""
+    """A filename argument (bdrv_find_backing_image) that must be in ``upper``'s chain.
+
+    QEMU finds it by the backing strings in the overlays' headers, not by the
+    images' names. Once a job was told to write its own string (``backing-file``),
+    or a stream put a named copy-on-read filter into the chain (a stream's
+    completion may then write a ``json:`` string naming it), a header may no
+    longer name the image below it, and the lookup may fail."""
     node = ctx.by_filename.get(filename)
     if node is None:
         return Refusal(text)
+    if _custom_header_before(ctx, i):
+        return UNSURE
     return _below(ctx, i, upper, node, Refusal(text), strict)
+
+
+def _custom_header_before(ctx, i) -> bool:
+    """Whether a job command before command ``i`` carried ``backing-file``, or a
+    stream before it was given ``filter-node-name``."""
+    return any("backing-file" in c.arguments
+               or (c.execute == "block-stream" and "filter-node-name" in c.arguments)
+               for c in ctx.case.commands[:i] if c.execute in JOB_COMMANDS)
 
 
 def _stream_base(ctx, i, args):

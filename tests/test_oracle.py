@@ -779,3 +779,22 @@ def test_empty_guest_writes_and_empty_runs_change_nothing():
     case = make_case(3, [cmd("x-guest-write", offset=4096, length=0, pattern=9)])
     assert expected_data(case, [OK]) == [[0, M, 0]]
     assert violations(case, observe(case, data=[[0, 0, 7], [0, M, 0]])) == []
+
+
+@pytest.mark.parametrize("extra, certain", [
+    ({}, True),
+    ({"backing_file": "x.img"}, False),
+    ({"filter_node_name": "cor"}, False),
+])
+def test_a_lookup_by_filename_is_left_open_once_a_header_string_may_differ(extra, certain):
+    """QEMU's bdrv_find_backing_image follows the overlays' header strings: after a
+    job command with its own string (backing-file), or a stream with a named
+    copy-on-read filter, which can turn one into json: (checked against QEMU 7.2),
+    a later `base` by filename may not be found. The oracle leaves it open even when
+    that command was refused: it does not track the header strings."""
+    first = cmd("block-stream", device="nonexistent", job_id="a", **extra)
+    case = make_case(4, [first, cmd("block-stream", device="node3", base="node2.qcow2", job_id="s")])
+    missing = error("Cannot find device='nonexistent' nor node-name='nonexistent'")
+    refused = error("Can't find 'node2.qcow2' in the backing chain")
+    assert [v.where for v in violations(case, observe(case, replies=[missing, refused]))] == \
+        (["block-stream:refused"] if certain else [])
