@@ -170,10 +170,11 @@ class Campaign:
             return None
         return min(self.stats.cell_runs[x] for x in scenarios(cells)) / self.stats.runs
 
-    def focus_energy(self, observation) -> int:
-        """How many more schedules this run's case deserves: the rarer the rarest cell it
-        reached, the more (AFL's energy, with scenario cells for edges)."""
-        share = self.rarest_share(observation)
+    @staticmethod
+    def focus_energy(share: float | None) -> int:
+        """How many more schedules a case deserves whose run reached a cell (or pair)
+        that ``share`` of the runs reached (:meth:`rarest_share`): the rarer, the more
+        (AFL's energy, with scenario cells for edges)."""
         if share is None:
             return 0
         return min(FOCUS_MAX, int(FOCUS_SCALE / max(share, 1e-6)))
@@ -285,8 +286,9 @@ def run_pct(c: Campaign, first: int = 0, stride: int = 1) -> None:
         case, observation, outcome = run_generated(source, c.config.bugs)
         c.note_pct(source)
         c.observe(case, observation, outcome)
-        model.learn(source.generated, c.rarest_share(observation))
-        energy = c.focus_energy(observation) if outcome.kind == "ok" else 0
+        share = c.rarest_share(observation)
+        model.learn(source.generated, share)
+        energy = c.focus_energy(share) if outcome.kind == "ok" else 0
         if energy:
             _focus(c, case, index, energy)
         index += stride

@@ -646,8 +646,7 @@ def _wrong_kind(chain, k: int, expected: list[str], got) -> str:
 def _header_violations(ctx: Context, chain: list["ChainNode"]) -> list[Violation]:
     """Each image's header names its backing node's file (unless a job was
     told to write another string with ``backing-file``)."""
-    custom = any("backing-file" in c.arguments for c in ctx.case.commands
-                 if c.execute in JOB_COMMANDS)
+    custom = any(map(_told_backing_file, ctx.case.commands))
     for node, below in zip(chain, chain[1:]):
         if custom or node.is_filter or node.backing_file is None:
             continue
@@ -902,9 +901,13 @@ def _file_below(ctx, i, upper, filename, text: str, strict: bool = True):
 def _custom_header_before(ctx, i) -> bool:
     """Whether a job command before command ``i`` carried ``backing-file``, or a
     stream before it was given ``filter-node-name``."""
-    return any("backing-file" in c.arguments
-               or (c.execute == "block-stream" and "filter-node-name" in c.arguments)
-               for c in ctx.case.commands[:i] if c.execute in JOB_COMMANDS)
+    return any(_told_backing_file(c) or (c.execute == "block-stream" and "filter-node-name" in c.arguments)
+               for c in ctx.case.commands[:i])
+
+
+def _told_backing_file(command) -> bool:
+    """A job command given its own header string (``backing-file``)."""
+    return command.execute in JOB_COMMANDS and "backing-file" in command.arguments
 
 
 def _stream_base(ctx, i, args):

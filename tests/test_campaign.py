@@ -85,7 +85,7 @@ def test_pct_focus_spends_more_runs_on_rarer_cells():
     c = Campaign(Config(engine="pct"))
     c.stats.runs = 1000
     c.stats.cell_runs.update({"common": 500, "rare": 5})
-    energy = lambda cells: c.focus_energy(type("O", (), {"extra": {"cells": cells}})())  # noqa: E731
+    energy = lambda cells: c.focus_energy(c.rarest_share(type("O", (), {"extra": {"cells": cells}})()))  # noqa: E731
     assert energy([]) == 0
     assert energy(["common"]) == 0
     assert energy(["common", "rare"]) == campaign.FOCUS_MAX
