@@ -202,12 +202,18 @@ class Job:
         self.busy = True
 
     def sleep_ns(self, ns: int) -> Generator:
-        """job_sleep_ns: sleep (a yield) unless asked to pause; then the pause point."""
-        if self.is_cancelled():
+        """job_sleep_ns: sleep (a yield) unless asked to pause; then the pause point.
+
+        The copy loops' hot path, so do_yield is written out here and the pause
+        point entered only when it would stop (the same steps, two generators fewer)."""
+        if self.cancelled and self.force_cancel:
             return
-        if not self.should_pause():
-            yield from self.do_yield(ns)
-        yield from self.pause_point()
+        if self.pause_count <= 0:
+            self.busy = False
+            yield Yield("sleep", ns)
+            self.busy = True
+        if self.pause_count > 0 and not (self.cancelled and self.force_cancel):
+            yield from self.pause_point()
 
     def pause_point(self) -> Generator:
         """job_pause_point: stop here (paused/standby) while pause_count > 0."""

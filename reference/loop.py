@@ -26,16 +26,22 @@ MAX_POLL_DEPTH = 64     # nested poll_while calls
 
 
 class Timer:
-    __slots__ = ("deadline", "key", "cb", "armed")
+    """An armed timer sits in its context's ``timers`` list, in arming order; it
+    leaves the list when it fires or is cancelled (timer_del)."""
 
-    def __init__(self, deadline: int, key: str, cb: Callable[[], None]):
+    __slots__ = ("deadline", "key", "cb", "armed", "ctx")
+
+    def __init__(self, deadline: int, key: str, cb: Callable[[], None], ctx: "AioContext"):
         self.deadline = deadline
         self.key = key
         self.cb = cb
         self.armed = True
+        self.ctx = ctx
 
     def cancel(self) -> None:
-        self.armed = False
+        if self.armed:
+            self.armed = False
+            self.ctx.timers.remove(self)
 
 
 class AioContext:
@@ -63,19 +69,20 @@ class AioContext:
         self.bhs.append((key, cb))
 
     def timer_new(self, delay_ns: int, key: str, cb: Callable[[], None]) -> Timer:
-        t = Timer(self.now + max(0, delay_ns), key, cb)
+        t = Timer(self.now + max(0, delay_ns), key, cb, self)
         self.timers.append(t)
         return t
 
     # -- running -------------------------------------------------------------
 
     def _ready(self) -> list[tuple]:
-        timers = self.timers
-        if timers and not all(t.armed for t in timers):
-            self.timers = timers = [t for t in timers if t.armed]
+        """What can run now: the BHs in scheduling order, then the due timers in
+        arming order."""
         now = self.now
         ready: list[tuple] = [(k, cb, None) for k, cb in self.bhs]
-        ready += [(t.key, t.cb, t) for t in timers if t.deadline <= now]
+        for t in self.timers:
+            if t.deadline <= now:
+                ready.append((t.key, t.cb, t))
         return ready
 
     def aio_poll(self, blocking: bool, until: int | None = None) -> bool:
@@ -99,7 +106,7 @@ class AioContext:
         if timer is None:
             self.bhs.remove((key, cb))
         else:
-            timer.armed = False
+            timer.cancel()
         self.steps += 1
         if self.steps > self.max_steps:
             raise Hang(f"the event loop to settle (step limit {self.max_steps})", self.steps)
