@@ -36,6 +36,7 @@ fast: venv
 
 bench: venv
 	$(VENV)/bin/blockfuzz bench
+	$(PY) -m pytest benchmarks --benchmark-columns=min,median,iqr,ops,rounds
 
 clean:
 	rm -rf $(VENV) .fast .coverage htmlcov .hypothesis .benchmarks findings
