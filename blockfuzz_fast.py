@@ -44,12 +44,16 @@ def source_path(package: str, module: str) -> str:
 
 
 def digest(package: str) -> str:
-    """SHA-256 over the sources of ``package``'s compiled modules, names included."""
+    """SHA-256 over the sources of ``package``'s compiled modules, names included, and
+    over the Cython declarations (``.pxd``) that some of them have beside them."""
     h = hashlib.sha256()
     for module in MODULES[package]:
         h.update(module.encode() + b"\0")
-        with open(source_path(package, module), "rb") as f:
-            h.update(f.read())
+        source = source_path(package, module)
+        for path in (source, source[:-3] + ".pxd"):
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    h.update(f.read())
     return h.hexdigest()
 
 

@@ -264,7 +264,7 @@ def bdrv_backing_chain_next(bs: BlockDriverState | None) -> BlockDriverState | N
     return bdrv_skip_filters(bdrv_cow_bs(bdrv_skip_filters(bs)))
 
 
-def bdrv_find_overlay(active: BlockDriverState, bs: BlockDriverState) -> BlockDriverState | None:
+def bdrv_find_overlay(active: BlockDriverState, bs: BlockDriverState | None) -> BlockDriverState | None:
     bs = bdrv_skip_filters(bs)
     active = bdrv_skip_filters(active)
     while active is not None:
