@@ -80,6 +80,7 @@ def child_detach(c: "BdrvChild") -> None:
 
 def _quiesce(bs: "BlockDriverState", ignore: "BdrvChild | None") -> None:
     """bdrv_do_drained_begin_quiesce: count, and tell every other parent."""
+    c: BdrvChild
     bs.quiesce_counter += 1
     parents = bs.parents
     if len(parents) == 1:
@@ -92,6 +93,7 @@ def _quiesce(bs: "BlockDriverState", ignore: "BdrvChild | None") -> None:
 
 
 def _unquiesce(bs: "BlockDriverState", ignore: "BdrvChild | None") -> None:
+    c: BdrvChild
     parents = bs.parents
     if len(parents) == 1:
         if parents[0] is not ignore:
@@ -105,6 +107,7 @@ def _unquiesce(bs: "BlockDriverState", ignore: "BdrvChild | None") -> None:
 
 def _drain_poll(bs: "BlockDriverState", recursive: bool, ignore: "BdrvChild | None") -> bool:
     """bdrv_drain_poll: is anything at or above (and, recursively, below) ``bs`` busy?"""
+    c: BdrvChild
     for c in bs.parents:
         if c is not ignore and _parent_drained_poll_single(c):
             return True
@@ -117,6 +120,7 @@ def _drain_poll(bs: "BlockDriverState", recursive: bool, ignore: "BdrvChild | No
 
 def _drained_begin(bs: "BlockDriverState", recursive: bool, parent: "BdrvChild | None",
                    poll: bool) -> None:
+    c: BdrvChild
     _graph.live(bs, "bdrv_drained_begin")
     _quiesce(bs, parent)
     if recursive:
@@ -133,6 +137,7 @@ def _drained_begin(bs: "BlockDriverState", recursive: bool, parent: "BdrvChild |
 
 
 def _drained_end(bs: "BlockDriverState", recursive: bool, parent: "BdrvChild | None") -> None:
+    c: BdrvChild
     _graph.live(bs, "bdrv_drained_end")
     _unquiesce(bs, parent)
     if recursive:

@@ -1,16 +1,21 @@
 # Cython declarations for graph.py (used only by `make fast`): the node and the edge
 # as extension types, so that their fields are C struct slots, not instance dicts.
 
+from reference.data cimport ImageData
+
 cdef class BlockDriverState:
     cdef public object m, node_name, drv, image_file, filename, exact_filename
     cdef public object full_open_options, auto_backing_file, auto_backing_relative
-    cdef public object read_only, data, implicit, is_filter, never_freeze
+    cdef public ImageData data
+    cdef public object read_only, implicit, is_filter, never_freeze
     cdef public object children, parents, op_blockers
     cdef public object backing_file, header_backing, header_backing_format, backing_format
-    cdef public object freed_at, cor_bottom
+    cdef public object freed_at
+    cdef public BlockDriverState cor_bottom
     cdef public Py_ssize_t refcnt, quiesce_counter, recursive_quiesce_counter
     cdef dict __dict__
 
 cdef class BdrvChild:
-    cdef public object name, parent, bs, frozen, stay_at_node
+    cdef public BlockDriverState bs
+    cdef public object name, parent, frozen, stay_at_node
     cdef public Py_ssize_t parent_quiesce_counter

@@ -66,6 +66,7 @@ class BlockDriverState:
 
     @property
     def backing(self) -> "BdrvChild | None":
+        c: BdrvChild
         for c in self.children:
             if c.name == "backing":
                 return c
@@ -73,6 +74,7 @@ class BlockDriverState:
 
     @property
     def file(self) -> "BdrvChild | None":
+        c: BdrvChild
         for c in self.children:
             if c.name == "file":
                 return c
@@ -213,6 +215,7 @@ def bdrv_filter_child(bs: BlockDriverState) -> BdrvChild | None:
     if not bs.is_filter:
         return None
     name = FILTER_CHILD[bs.drv]
+    c: BdrvChild
     for c in bs.children:
         if c.name == name:
             return c
@@ -238,6 +241,7 @@ def bdrv_filter_or_cow_bs(bs: BlockDriverState | None) -> BlockDriverState | Non
     if bs.freed_at is not None:
         live(bs, "bdrv_filter_or_cow_bs")
     want = FILTER_CHILD.get(bs.drv, "backing")
+    c: BdrvChild
     for c in bs.children:
         if c.name == want:
             return c.bs
