@@ -123,3 +123,20 @@ def test_a_failed_compile_is_one_line_and_exit_2(monkeypatch, capsys):
     assert blockfuzz_fast.main() == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "command 'gcc' failed" in err and "python3-dev" in err
+
+
+def test_the_build_digest_covers_the_cython_declarations(tmp_path, monkeypatch):
+    """Editing a .pxd beside a module (its extension types) makes the build stale,
+    as editing the module does; a module without one is hashed alone."""
+    package = tmp_path / "reference"
+    package.mkdir()
+    for module in blockfuzz_fast.MODULES["reference"]:
+        (package / f"{module}.py").write_text(f"# {module}\n")
+    (package / "graph.pxd").write_text("cdef class BlockDriverState:\n    pass\n")
+    monkeypatch.setattr(blockfuzz_fast, "ROOT", str(tmp_path))
+    before = blockfuzz_fast.digest("reference")
+    (package / "graph.pxd").write_text("cdef class BlockDriverState:\n    cdef public object m\n")
+    edited = blockfuzz_fast.digest("reference")
+    (package / "graph.pxd").unlink()
+    without = blockfuzz_fast.digest("reference")
+    assert len({before, edited, without}) == 3
