@@ -193,11 +193,17 @@ def _check_image(img: Image, index: int) -> None:
                         f"use qcow2 (raw only for the bottom image)")
 
 
+QEMU_IMG_TIMEOUT = 60   # seconds; qemu-img create/rebase of a case's images takes milliseconds
+
+
 def _run(cmd: list[str], what: str) -> str:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=QEMU_IMG_TIMEOUT)
     except FileNotFoundError:
         raise QemuError(f"{what}: {cmd[0]} not found: install qemu-utils") from None
+    except subprocess.TimeoutExpired:
+        raise QemuError(f"{what}: {cmd[0]} did not finish within {QEMU_IMG_TIMEOUT} s: check that it "
+                        "is QEMU 7.2's qemu-img (qemu-img --version) and that it runs") from None
     if proc.returncode != 0:
         raise QemuError(f"{what} failed: {(proc.stderr or proc.stdout).strip()}")
     return proc.stdout

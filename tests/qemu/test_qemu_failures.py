@@ -169,6 +169,25 @@ def test_a_qemu_that_exits_at_start_gives_its_status_and_output(tmp_path, monkey
     assert str(info.value).endswith(") exited with status 3; its output: qemu-storage-daemon: cannot start")
 
 
+def test_a_qemu_img_that_never_finishes_gives_a_clear_error(tmp_path, monkeypatch):
+    """A stuck qemu-img (here a script that sleeps) is stopped at the timeout and named,
+    instead of a traceback (seen before this was handled: subprocess.TimeoutExpired)."""
+    from harness.backends import qemu_images
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "qemu-io").symlink_to("/usr/bin/qemu-io")
+    stuck = bindir / "qemu-img"
+    stuck.write_text("#!/bin/sh\nexec /bin/sleep 600\n")
+    stuck.chmod(stuck.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", str(bindir))
+    monkeypatch.setattr(qemu_images, "QEMU_IMG_TIMEOUT", 1)
+    with ImageStore(str(tmp_path)) as store, pytest.raises(QemuError) as info:
+        store.checkout((Image("a"),))
+    assert str(info.value) == (f"qemu-img create for image 0 ('a.qcow2'): {stuck} did not finish "
+                               "within 1 s: check that it is QEMU 7.2's qemu-img (qemu-img --version) "
+                               "and that it runs")
+
+
 def test_image_roots_of_dead_processes_are_removed(tmp_path):
     stale = tmp_path / f"{ROOT_PREFIX}999999999-abc"
     stale.mkdir()
