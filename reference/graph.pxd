@@ -19,3 +19,19 @@ cdef class BdrvChild:
     cdef public BlockDriverState bs
     cdef public object name, parent, frozen, stay_at_node
     cdef public Py_ssize_t parent_quiesce_counter
+
+# the small helpers every walk and graph change calls: C calls within this module
+cpdef BlockDriverState live(BlockDriverState bs, str where)
+cpdef bdrv_ref(BlockDriverState bs, str where=*)
+cpdef bdrv_unref(BlockDriverState bs, str where=*)
+cpdef BdrvChild bdrv_attach_child(parent, BlockDriverState child_bs, str name)
+cpdef bdrv_unref_child(parent, BdrvChild c)
+cpdef BlockDriverState bdrv_remove_child(parent, BdrvChild c)
+cpdef _replace_child_noperm(BdrvChild c, BlockDriverState new, bint attaching=*)
+cpdef bint _is_cow_child(BdrvChild c)
+cpdef BdrvChild bdrv_filter_child(BlockDriverState bs)
+cpdef BdrvChild bdrv_cow_child(BlockDriverState bs)
+cpdef BlockDriverState bdrv_filter_or_cow_bs(BlockDriverState bs)
+cpdef BlockDriverState bdrv_cow_bs(BlockDriverState bs)
+cpdef BlockDriverState bdrv_skip_filters(BlockDriverState bs, bint implicit_only=*)
+cpdef BlockDriverState bdrv_backing_chain_next(BlockDriverState bs)
