@@ -3,7 +3,12 @@
 ``make fast`` (``python -m blockfuzz_fast``) compiles the model (every module
 of ``reference`` but its ``__init__``) and the harness modules every run goes
 through (:data:`MODULES`) from their unchanged Python sources, into
-``.fast/<python tag>/``, with a digest of the sources next to them. The
+``.fast/<python tag>/``, with a digest of the sources next to them. Beside
+five of the model's modules, Cython declarations (``reference/*.pxd``, which
+Python never reads) make the node, edge, job, event-loop and image-data
+classes extension types, with C struct fields instead of instance dicts, and
+the drain walks and chain helpers ``cpdef`` functions; the sources' own
+annotations type the arguments. The
 ``reference``, ``harness`` and ``harness.backends`` packages call
 :func:`extend` as they are imported: when the compiled modules were built
 from the sources as they are now, their directory goes first in the
