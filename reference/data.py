@@ -108,7 +108,7 @@ class ImageData:
                 out.append((s, e, b))
         return out
 
-    def copy(self) -> "ImageData":
+    def copy(self) -> ImageData:
         new = ImageData(self.size, self.cluster_size, self.raw)
         new.runs = list(self.runs)
         return new

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 # -- parent callbacks (child_of_bds, child_job, child_root) ------------------
 
-def parent_drained_begin_single(c: "BdrvChild", poll: bool, target=None) -> None:
+def parent_drained_begin_single(c: BdrvChild, poll: bool, target=None) -> None:
     c.parent_quiesce_counter += 1
     p = c.parent
     if p.kind == "node":
@@ -34,7 +34,7 @@ def parent_drained_begin_single(c: "BdrvChild", poll: bool, target=None) -> None
         m.aio.poll_while(lambda: _parent_drained_poll_single(c), f"drain of '{c.name}' parent")
 
 
-def parent_drained_end_single(c: "BdrvChild") -> None:
+def parent_drained_end_single(c: BdrvChild) -> None:
     c.parent_quiesce_counter -= 1
     p = c.parent
     if p.kind == "node":
@@ -49,7 +49,7 @@ def parent_drained_end_single(c: "BdrvChild") -> None:
                 c.bs.m.guest_write(*request)
 
 
-def _parent_drained_poll_single(c: "BdrvChild") -> bool:
+def _parent_drained_poll_single(c: BdrvChild) -> bool:
     p = c.parent
     if p.kind == "node":
         return _drain_poll(p, False, None)
@@ -58,7 +58,7 @@ def _parent_drained_poll_single(c: "BdrvChild") -> bool:
     return p.in_flight > 0
 
 
-def child_attach(c: "BdrvChild") -> None:
+def child_attach(c: BdrvChild) -> None:
     """bdrv_child_cb_attach: a new child inherits the parent's subtree drains."""
     p = c.parent
     if p.kind != "node":
@@ -67,7 +67,7 @@ def child_attach(c: "BdrvChild") -> None:
         _drained_begin(c.bs, True, c, poll=False)
 
 
-def child_detach(c: "BdrvChild") -> None:
+def child_detach(c: BdrvChild) -> None:
     """bdrv_child_cb_detach: a removed child leaves the parent's subtree drains."""
     p = c.parent
     if p.kind != "node":
@@ -78,7 +78,7 @@ def child_detach(c: "BdrvChild") -> None:
 
 # -- the node side -------------------------------------------------------------
 
-def _quiesce(bs: "BlockDriverState", ignore: "BdrvChild | None") -> None:
+def _quiesce(bs: BlockDriverState, ignore: BdrvChild | None) -> None:
     """bdrv_do_drained_begin_quiesce: count, and tell every other parent."""
     c: BdrvChild
     bs.quiesce_counter += 1
@@ -92,7 +92,7 @@ def _quiesce(bs: "BlockDriverState", ignore: "BdrvChild | None") -> None:
             parent_drained_begin_single(c, poll=False)
 
 
-def _unquiesce(bs: "BlockDriverState", ignore: "BdrvChild | None") -> None:
+def _unquiesce(bs: BlockDriverState, ignore: BdrvChild | None) -> None:
     c: BdrvChild
     parents = bs.parents
     if len(parents) == 1:
@@ -105,7 +105,7 @@ def _unquiesce(bs: "BlockDriverState", ignore: "BdrvChild | None") -> None:
     bs.quiesce_counter -= 1
 
 
-def _drain_poll(bs: "BlockDriverState", recursive: bool, ignore: "BdrvChild | None") -> bool:
+def _drain_poll(bs: BlockDriverState, recursive: bool, ignore: BdrvChild | None) -> bool:
     """bdrv_drain_poll: is anything at or above (and, recursively, below) ``bs`` busy?"""
     c: BdrvChild
     for c in bs.parents:
@@ -118,7 +118,7 @@ def _drain_poll(bs: "BlockDriverState", recursive: bool, ignore: "BdrvChild | No
     return False
 
 
-def _drained_begin(bs: "BlockDriverState", recursive: bool, parent: "BdrvChild | None",
+def _drained_begin(bs: BlockDriverState, recursive: bool, parent: BdrvChild | None,
                    poll: bool) -> None:
     c: BdrvChild
     _graph.live(bs, "bdrv_drained_begin")
@@ -136,7 +136,7 @@ def _drained_begin(bs: "BlockDriverState", recursive: bool, parent: "BdrvChild |
             bs.m.drain_depth -= 1
 
 
-def _drained_end(bs: "BlockDriverState", recursive: bool, parent: "BdrvChild | None") -> None:
+def _drained_end(bs: BlockDriverState, recursive: bool, parent: BdrvChild | None) -> None:
     c: BdrvChild
     _graph.live(bs, "bdrv_drained_end")
     _unquiesce(bs, parent)
@@ -146,17 +146,17 @@ def _drained_end(bs: "BlockDriverState", recursive: bool, parent: "BdrvChild | N
             _drained_end(c.bs, True, c)
 
 
-def bdrv_drained_begin(bs: "BlockDriverState") -> None:
+def bdrv_drained_begin(bs: BlockDriverState) -> None:
     _drained_begin(bs, False, None, poll=True)
 
 
-def bdrv_drained_end(bs: "BlockDriverState") -> None:
+def bdrv_drained_end(bs: BlockDriverState) -> None:
     _drained_end(bs, False, None)
 
 
-def bdrv_subtree_drained_begin(bs: "BlockDriverState") -> None:
+def bdrv_subtree_drained_begin(bs: BlockDriverState) -> None:
     _drained_begin(bs, True, None, poll=True)
 
 
-def bdrv_subtree_drained_end(bs: "BlockDriverState") -> None:
+def bdrv_subtree_drained_end(bs: BlockDriverState) -> None:
     _drained_end(bs, True, None)

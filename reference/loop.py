@@ -31,7 +31,7 @@ class Timer:
 
     __slots__ = ("deadline", "key", "cb", "armed", "ctx")
 
-    def __init__(self, deadline: int, key: str, cb: Callable[[], None], ctx: "AioContext"):
+    def __init__(self, deadline: int, key: str, cb: Callable[[], None], ctx: AioContext):
         self.deadline = deadline
         self.key = key
         self.cb = cb
