@@ -120,6 +120,23 @@ def test_virtual_time_orders_timers_and_the_scheduler_orders_bhs():
     assert ran == ["b", "a", "early", "late"] and aio.now == 500
 
 
+def test_a_timer_runs_once_and_a_cancelled_one_never():
+    """Due timers are offered in arming order; a fired or cancelled timer leaves the
+    loop (cancelling twice, or after it fired, is harmless)."""
+    aio = AioContext(RecordedSource([1]).choose)
+    ran = []
+    first = aio.timer_new(100, "first", lambda: ran.append("first"))
+    gone = aio.timer_new(100, "gone", lambda: ran.append("gone"))
+    aio.timer_new(100, "third", lambda: ran.append("third"))
+    gone.cancel()
+    gone.cancel()
+    assert [t.key for t in aio.timers] == ["first", "third"]
+    while aio.aio_poll(blocking=True):
+        pass
+    first.cancel()
+    assert ran == ["third", "first"] and aio.timers == [] and aio.now == 100
+
+
 def test_step_limit_is_a_hang():
     aio = AioContext(RandomSource(0).choose, max_steps=5)
 
