@@ -10,10 +10,9 @@ cdef class BlockDriverState:
     cdef public object read_only, implicit, is_filter, never_freeze
     cdef public object children, parents, op_blockers
     cdef public object backing_file, header_backing, header_backing_format, backing_format
-    cdef public object freed_at
+    cdef public object freed_at, mirror_job
     cdef public BlockDriverState cor_bottom
     cdef public Py_ssize_t refcnt, quiesce_counter, recursive_quiesce_counter
-    cdef dict __dict__
 
 cdef class BdrvChild:
     cdef public BlockDriverState bs

@@ -60,6 +60,7 @@ class BlockDriverState:
         self.backing_format: str | None = None
         self.freed_at: str | None = None
         self.cor_bottom: BlockDriverState | None = None
+        self.mirror_job = None              # a mirror_top filter's job (MirrorBDSOpaque.job)
 
     def __repr__(self) -> str:
         return f"<{self.drv} {self.node_name}{' (freed)' if self.freed_at else ''}>"

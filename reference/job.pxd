@@ -7,4 +7,3 @@ cdef class Job:
     cdef public object on_error, speed, offset, len, co, sleep_timer, edges, blocker, main_bs
     cdef public object slice_quota, slice_start, slice_end, dispatched, freed, aborting_txn
     cdef public Py_ssize_t pause_count, in_flight
-    cdef dict __dict__

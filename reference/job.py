@@ -206,13 +206,13 @@ class Job:
 
         The copy loops' hot path, so do_yield is written out here and the pause
         point entered only when it would stop (the same steps, two generators fewer)."""
-        if self.cancelled and self.force_cancel:
+        if self.is_cancelled():
             return
-        if self.pause_count <= 0:
+        if not self.should_pause():
             self.busy = False
             yield Yield("sleep", ns)
             self.busy = True
-        if self.pause_count > 0 and not (self.cancelled and self.force_cancel):
+        if self.should_pause() and not self.is_cancelled():
             yield from self.pause_point()
 
     def pause_point(self) -> Generator:

@@ -5,7 +5,6 @@ cdef class Timer:
 
 cdef class AioContext:
     cdef public object choose, max_steps, bhs, timers, now, steps, on_step, waiting
-    cdef dict __dict__
 
 cdef class Yield:
     cdef public object kind, delay

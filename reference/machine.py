@@ -329,7 +329,7 @@ class Machine:
             return
         bs = self.device_root()
         while bs.is_filter:
-            job = getattr(bs, "mirror_job", None)
+            job = bs.mirror_job
             if job is not None and not job.exited:
                 job.mark_dirty(offset, offset + length)
             bs = bdrv_filter_or_cow_bs(bs)
