@@ -140,3 +140,52 @@ def test_the_build_digest_covers_the_cython_declarations(tmp_path, monkeypatch):
     (package / "graph.pxd").unlink()
     without = blockfuzz_fast.digest("reference")
     assert len({before, edited, without}) == 3
+
+
+def _declared_fields(pxd: str) -> dict[str, set[str]]:
+    """cdef class name -> the fields its ``cdef public`` lines declare."""
+    fields: dict[str, set[str]] = {}
+    current = None
+    for line in open(pxd):
+        if line.startswith("cdef class "):
+            current = line.split()[2].split("(")[0].rstrip(":")
+            fields[current] = set()
+        elif current and line.startswith("    cdef public "):
+            names = line.split(None, 3)[3]      # after 'cdef public <type>'
+            fields[current] |= {n.strip() for n in names.split(",")}
+        elif line.strip() and not line.startswith(" "):
+            current = None
+    return fields
+
+
+def _assigned_on_self(source: str) -> dict[str, set[str]]:
+    """class name -> every ``self.x`` its methods assign."""
+    import ast
+    out: dict[str, set[str]] = {}
+    for cls in ast.parse(open(source).read()).body:
+        if isinstance(cls, ast.ClassDef):
+            names = out.setdefault(cls.name, set())
+            for node in ast.walk(cls):
+                targets = (node.targets if isinstance(node, ast.Assign) else
+                           [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else [])
+                for t in targets:
+                    for sub in ast.walk(t):
+                        if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) \
+                                and sub.value.id == "self":
+                            names.add(sub.attr)
+    return out
+
+
+def test_every_attribute_an_extension_type_sets_is_declared():
+    """A compiled extension type has no instance dict: an attribute its Python
+    source sets but its .pxd does not declare is an AttributeError in `make fast`
+    builds only. Name it here instead."""
+    import glob
+    checked = 0
+    for pxd in sorted(glob.glob(os.path.join(REPO, "reference", "*.pxd"))):
+        assigned = _assigned_on_self(pxd[:-4] + ".py")
+        for cls, fields in _declared_fields(pxd).items():
+            missing = assigned.get(cls, set()) - fields
+            assert not missing, f"{os.path.basename(pxd)}: {cls} sets {sorted(missing)} without declaring them"
+            checked += 1
+    assert checked >= 7      # node, edge, image data, job, timer, loop, yield, coroutine
