@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import struct
 import subprocess
 import tempfile
@@ -197,16 +198,24 @@ QEMU_IMG_TIMEOUT = 60   # seconds; qemu-img create/rebase of a case's images tak
 
 
 def _run(cmd: list[str], what: str) -> str:
+    """Run a qemu-img/qemu-io command in a session of its own, so that at the timeout
+    everything it started is killed with it (a wrapper script's children too)."""
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=QEMU_IMG_TIMEOUT)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
     except FileNotFoundError:
         raise QemuError(f"{what}: {cmd[0]} not found: install qemu-utils") from None
-    except subprocess.TimeoutExpired:
-        raise QemuError(f"{what}: {cmd[0]} did not finish within {QEMU_IMG_TIMEOUT} s: check that it "
-                        "is QEMU 7.2's qemu-img (qemu-img --version) and that it runs") from None
+    with proc:
+        try:
+            out, err = proc.communicate(timeout=QEMU_IMG_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise QemuError(f"{what}: {cmd[0]} did not finish within {QEMU_IMG_TIMEOUT} s: check that "
+                            "it is QEMU 7.2's qemu-img (qemu-img --version) and that it runs") from None
     if proc.returncode != 0:
-        raise QemuError(f"{what} failed: {(proc.stderr or proc.stdout).strip()}")
-    return proc.stdout
+        raise QemuError(f"{what} failed: {(err or out).strip()}")
+    return out
 
 
 def _rebase_header(path: str, old_dir: str, new_dir: str) -> None:

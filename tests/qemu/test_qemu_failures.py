@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import stat
+import time
 
 import pytest
 
@@ -38,6 +39,20 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def ended(pid: int, polls: int = 100) -> bool:
+    """The process has exited (a zombie awaiting its new parent counts), within
+    ``polls`` looks 10 ms apart: SIGKILL lands asynchronously."""
+    for _ in range(polls):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def case_dirs(runner: QemuRunner) -> list[str]:
@@ -170,14 +185,16 @@ def test_a_qemu_that_exits_at_start_gives_its_status_and_output(tmp_path, monkey
 
 
 def test_a_qemu_img_that_never_finishes_gives_a_clear_error(tmp_path, monkeypatch):
-    """A stuck qemu-img (here a script that sleeps) is stopped at the timeout and named,
-    instead of a traceback (seen before this was handled: subprocess.TimeoutExpired)."""
+    """A stuck qemu-img (here a script whose child sleeps) is stopped at the timeout,
+    with everything it started, and named, instead of a traceback (seen before this
+    was handled: subprocess.TimeoutExpired, and the script's child left running)."""
     from harness.backends import qemu_images
     bindir = tmp_path / "bin"
     bindir.mkdir()
     (bindir / "qemu-io").symlink_to("/usr/bin/qemu-io")
     stuck = bindir / "qemu-img"
-    stuck.write_text("#!/bin/sh\nexec /bin/sleep 600\n")
+    child = tmp_path / "child.pid"
+    stuck.write_text(f"#!/bin/sh\n/bin/sleep 600 &\necho $! > {child}\nwait\n")
     stuck.chmod(stuck.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", str(bindir))
     monkeypatch.setattr(qemu_images, "QEMU_IMG_TIMEOUT", 1)
@@ -186,6 +203,7 @@ def test_a_qemu_img_that_never_finishes_gives_a_clear_error(tmp_path, monkeypatc
     assert str(info.value) == (f"qemu-img create for image 0 ('a.qcow2'): {stuck} did not finish "
                                "within 1 s: check that it is QEMU 7.2's qemu-img (qemu-img --version) "
                                "and that it runs")
+    assert ended(int(child.read_text()))
 
 
 def test_image_roots_of_dead_processes_are_removed(tmp_path):
