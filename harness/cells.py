@@ -16,6 +16,7 @@ from typing import Iterable
 REQUIRED: tuple[str, ...] = (
     "stream_prepare ran",
     "stream_prepare ran while a commit was pending",
+    "stream_prepare's base is a node a pending commit will drop",
     "a job completed inside a drain",
     "a job completed inside another job's completion",
     "a node was freed during a drain",

@@ -23,12 +23,25 @@ from reference.job import Job, SLICE_NS
 COMMIT_BUFFER_SIZE = 512 << 10
 
 
+def _in_chain(top, base, bs) -> bool:
+    """Whether ``bs`` is on the chain from ``top`` down to ``base``, base excluded."""
+    it = top
+    while it is not None and it is not base:
+        if it is bs:
+            return True
+        it = bdrv_filter_or_cow_bs(it)
+    return False
+
+
 class CommitJob(Job):
     job_type = "commit"
     commit_top_bs = None
 
     def filter_bs(self):
         return self.commit_top_bs
+
+    def will_drop(self, bs) -> bool:
+        return bs is self.commit_top_bs or _in_chain(self.top_bs, self.base_bs, bs)
 
     def run(self) -> Generator:
         """commit_run: copy what is allocated above base into base."""
@@ -145,6 +158,9 @@ class MirrorCommitJob(Job):
 
     def filter_bs(self):
         return self.mirror_top_bs
+
+    def will_drop(self, bs) -> bool:
+        return bs is self.mirror_top_bs or _in_chain(self.src_bs, self.target_bs, bs)
 
     def run(self) -> Generator:
         """mirror_run, in outline: copy the dirty ranges, become READY, keep copying

@@ -138,6 +138,11 @@ class Job:
         """The filter node this job inserted, if any (each job type names its own)."""
         return None
 
+    def will_drop(self, bs) -> bool:
+        """Whether this job's completion takes ``bs`` out of the graph (a commit's filter
+        and the nodes it merges); a stream keeps its nodes."""
+        return False
+
     def remove_all_bdrv(self) -> None:
         """block_job_remove_all_bdrv: drop every registered node (they may be freed)."""
         edges, self.edges = self.edges, []

@@ -65,6 +65,10 @@ class StreamJob(Job):
         if any(j is not self and j.job_type == "commit" and not j.is_completed()
                for j in m.jobs.values()):
             m.cell("stream_prepare ran while a commit was pending")
+            base = bdrv_filter_or_cow_bs(self.above_base)
+            if base is not None and any(j is not self and not j.is_completed() and j.will_drop(base)
+                                        for j in m.jobs.values()):
+                m.cell("stream_prepare's base is a node a pending commit will drop")
         self.cor_filter_drop()
         if m.bug("stream-prepare-no-drain"):
             return self._prepare_unfixed(take_ref=False)

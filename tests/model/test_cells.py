@@ -6,6 +6,8 @@ M = 1 << 20
 SEEDS = range(30)
 PMC = "a completion attached a node another unfinished job holds"
 PENDING = "two job completions were pending at once"
+WHILE_COMMIT = "stream_prepare ran while a commit was pending"
+DROPS_BASE = "stream_prepare's base is a node a pending commit will drop"
 
 
 def cells_by_seed(case):
@@ -22,7 +24,9 @@ def test_a_stream_attaching_a_running_commits_filter_is_a_shared_node(make_case)
                          ("block-stream", {"device": "node4", "base-node": "commit-filter", "job-id": "node4"})])
     cells = cells_by_seed(case)
     assert any(PMC in c for c in cells)
-    assert [PMC in c for c in cells] == ["stream_prepare ran while a commit was pending" in c for c in cells]
+    assert [PMC in c for c in cells] == [WHILE_COMMIT in c for c in cells]
+    # the stream's base is the commit's filter: the seed bug's precondition
+    assert [DROPS_BASE in c for c in cells] == [WHILE_COMMIT in c for c in cells]
 
 
 def test_a_stream_onto_a_node_the_commit_does_not_hold_shares_nothing(make_case):
@@ -30,8 +34,9 @@ def test_a_stream_onto_a_node_the_commit_does_not_hold_shares_nothing(make_case)
                                            "filter-node-name": "commit-filter", "speed": 64 << 10}),
                          ("block-stream", {"device": "node5", "base-node": "node3", "job-id": "node5"})])
     cells = cells_by_seed(case)
-    assert any("stream_prepare ran while a commit was pending" in c for c in cells)
+    assert any(WHILE_COMMIT in c for c in cells)
     assert not any(PMC in c for c in cells)
+    assert not any(DROPS_BASE in c for c in cells)      # node3 stays: the commit merges node1-node2
 
 
 def test_two_streams_can_finish_together_unless_one_waits_for_the_other(make_case):
