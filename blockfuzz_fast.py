@@ -114,9 +114,20 @@ def build(out: str | None = None, jobs: int | None = None) -> str:
     for package in MODULES:
         where = os.path.join(out, *package.split("."))
         os.makedirs(where, exist_ok=True)
+        _drop_strays(package, where)
         with open(os.path.join(where, MANIFEST), "w") as f:
             f.write(digest(package) + "\n")
     return out
+
+
+def _drop_strays(package: str, where: str) -> None:
+    """Remove compiled modules of ``package`` that :data:`MODULES` no longer lists (an
+    older build's): Python would import them ahead of their sources."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+    for name in os.listdir(where):
+        suffix = next((s for s in EXTENSION_SUFFIXES if name.endswith(s)), None)
+        if suffix is not None and name[:-len(suffix)] not in MODULES[package]:
+            os.remove(os.path.join(where, name))
 
 
 def main() -> int:

@@ -189,3 +189,15 @@ def test_every_attribute_an_extension_type_sets_is_declared():
             assert not missing, f"{os.path.basename(pxd)}: {cls} sets {sorted(missing)} without declaring them"
             checked += 1
     assert checked >= 7      # node, edge, image data, job, timer, loop, yield, coroutine
+
+
+def test_a_build_removes_compiled_modules_no_longer_listed(tmp_path):
+    """A module dropped from MODULES keeps its old extension file otherwise, and Python
+    imports that file ahead of the source once the manifest matches again."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+    suffix = EXTENSION_SUFFIXES[0]
+    for name in ("case" + suffix, "oracle" + suffix, blockfuzz_fast.MANIFEST, "notes.txt"):
+        (tmp_path / name).write_text("")
+    blockfuzz_fast._drop_strays("harness", str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [blockfuzz_fast.MANIFEST, "notes.txt", "oracle" + suffix])
