@@ -893,7 +893,7 @@ def _file_below(ctx, i, upper, filename, text: str, strict: bool = True):
     node = ctx.by_filename.get(filename)
     if node is None:
         return Refusal(text)
-    if _custom_header_before(ctx, i):
+    if _custom_header_before(ctx, i) or _completion_inside_completion_before(ctx, i):
         return UNSURE
     return _below(ctx, i, upper, node, Refusal(text), strict)
 
@@ -903,6 +903,25 @@ def _custom_header_before(ctx, i) -> bool:
     stream before it was given ``filter-node-name``."""
     return any(_told_backing_file(c) or (c.execute == "block-stream" and "filter-node-name" in c.arguments)
                for c in ctx.case.commands[:i])
+
+
+def _completion_inside_completion_before(ctx, i) -> bool:
+    """Whether, possibly before command ``i``, a job ended while another was completing
+    (between its first ``waiting`` or ``pending`` and its end event). The inner completion
+    can read a node's filename while the outer one's header write is still in flight: a
+    node whose backing changed but whose header does not say so yet is described as
+    ``json:{...}``, and that string is what the inner one writes into its header."""
+    before = ctx.timeline.windows[i][1]
+    ends, completing = [], []
+    for life in ctx.timeline.lifetimes:
+        if not life.ends:
+            continue
+        end = life.ends[0][0]
+        ends.append(end)
+        starts = [pos for pos, status in life.changes if status in ("waiting", "pending")]
+        if starts:
+            completing.append((starts[0], end))
+    return any(start < end < stop and end < before for end in ends for start, stop in completing)
 
 
 def _told_backing_file(command) -> bool:
