@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 import itertools
 from bisect import bisect_right
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Sequence, TypeVar
 
 from harness.case import DEFAULT_CLUSTER_SIZE, DEFAULT_SIZE, Case, Command, Image, Write
@@ -51,6 +51,7 @@ MAX_COMMANDS = 8
 #: chance to lock, cancel or finish what a race needs
 COMMAND_COUNTS = tuple(range(1, MAX_COMMANDS + 1))
 COMMAND_COUNT_WEIGHTS = (2, 4, 4, 3, 2, 1, 1, 1)
+COMMAND_COUNT_TABLE = tuple(zip(COMMAND_COUNT_WEIGHTS, COMMAND_COUNTS))
 CLUSTERS = DEFAULT_SIZE // DEFAULT_CLUSTER_SIZE
 PATTERNS = 255                      # write patterns 1..255 (0 is what unwritten reads)
 SPEEDS = (1 << 20, 0, 64 << 10, -1)  # 030's throttle first; -1 is refused
@@ -61,6 +62,7 @@ FILTER_NAMES = ("commit-filter", "stream-filter", "filter0", "filter1")
 ABSENT_NODES = ("none", "nonexistent")
 JOB_VERBS = ("pause", "resume", "cancel", "complete", "finalize", "dismiss")
 ON_ERROR = ("report", "ignore", "stop", "enospc")
+ON_ERROR_TABLE = ((2, None),) + tuple((1, e) for e in ON_ERROR)
 #: optional argument families a case may leave out altogether (swarm testing)
 OPTIONAL_ARGUMENTS = ("backing-file", "auto-finalize", "auto-dismiss", "on-error", "job-id")
 #: ``speed`` is not left to the swarm: a throttled job is a long-running one, and
@@ -72,16 +74,33 @@ ERROR = "error"
 
 def weighted(source: ChoiceSource, label: str, table: Sequence[tuple[int, T]]) -> T:
     """One choice among ``table``'s values, each as likely as its weight."""
-    total, bounds = _bounds(tuple(table))
-    return table[bisect_right(bounds, source.choose(total, label))][1]
+    entry = _BOUNDS.get(id(table))
+    if entry is None or entry[0] is not table:
+        entry = _remember(_BOUNDS, id(table), (table, *_bounds(table)))
+    return table[bisect_right(entry[2], source.choose(entry[1], label))][1]
 
 
-@functools.lru_cache(maxsize=1024)
-def _bounds(table: tuple[tuple[int, Any], ...]) -> tuple[int, tuple[int, ...]]:
+def _bounds(table: Sequence[tuple[int, Any]]) -> tuple[int, tuple[int, ...]]:
     """The total weight of ``table`` and the running sums that end each entry
     (a draw ``r`` picks the first entry whose sum exceeds it)."""
     bounds = tuple(itertools.accumulate(w for w, _ in table))
     return bounds[-1], bounds
+
+
+#: Per table, by identity: the grammar's tables are constants (or cached, see
+#: :meth:`Resources.allowed`), so this skips hashing a tuple of tuples per decision, which
+#: an ``lru_cache`` on the table's value did. Each entry keeps its table alive, so an id
+#: is never reused while its entry stands; a table made afresh per call only misses.
+_BOUNDS: dict[int, tuple[Any, int, tuple[int, ...]]] = {}
+_WITHOUT: dict[tuple[int, int], tuple[Any, Any, tuple]] = {}
+_CACHE_MAX = 1024
+
+
+def _remember(cache: dict, key: Any, entry: tuple) -> tuple:
+    if len(cache) >= _CACHE_MAX:
+        cache.clear()
+    cache[key] = entry
+    return entry
 
 
 def pick(source: ChoiceSource, label: str, values: Sequence[T]) -> T:
@@ -138,13 +157,17 @@ class Resources:
 
     def allowed(self, table: tuple[tuple[int, T], ...], errors: tuple[T, ...] = ()) -> tuple[tuple[int, T], ...]:
         """``table`` without its error entries unless this case has errors on."""
-        return table if self.swarm.errors else _without(table, errors)
+        if self.swarm.errors:
+            return table
+        entry = _WITHOUT.get((id(table), id(errors)))
+        if entry is None or entry[0] is not table or entry[1] is not errors:
+            entry = _remember(_WITHOUT, (id(table), id(errors)), (table, errors, _without(table, errors)))
+        return entry[2]
 
     def has(self, argument: str) -> bool:
         return argument in self.swarm.arguments
 
 
-@functools.lru_cache(maxsize=256)
 def _without(table: tuple[tuple[int, T], ...], errors: tuple[T, ...]) -> tuple[tuple[int, T], ...]:
     return tuple((w, v) for w, v in table if v not in errors)
 
@@ -169,7 +192,7 @@ def generate_with_spans(source: ChoiceSource, bugs: Sequence[str] = ()) -> Gener
     drive = None if source.choose(8, "gen:drive") == 1 else DRIVE
     res = Resources(nodes=[i.node_name for i in images], filenames=[i.filename for i in images],
                     drive=drive, swarm=gen_swarm(source))
-    count = weighted(source, "gen:commands", tuple(zip(COMMAND_COUNT_WEIGHTS, COMMAND_COUNTS)))
+    count = weighted(source, "gen:commands", COMMAND_COUNT_TABLE)
     commands, spans = [], []
     for _ in range(count):
         start = len(source.recorded)
@@ -192,7 +215,7 @@ def gen_images(source: ChoiceSource) -> list[Image]:
         if i == 0 and raw_bottom:
             images.append(Image(f"node{i}", writes=writes, filename=f"node{i}.raw", format="raw"))
         else:
-            images.append(Image(f"node{i}", writes=writes))
+            images.append(Image(f"node{i}", writes=writes, filename=f"node{i}.qcow2"))
     return images
 
 
@@ -445,7 +468,7 @@ def _common_job_args(source: ChoiceSource, res: Resources, args: dict, label: st
             if value is not None:
                 args[flag] = value
     if res.has("on-error"):
-        on_error = weighted(source, label + ":on-error", ((2, None),) + tuple((1, e) for e in ON_ERROR))
+        on_error = weighted(source, label + ":on-error", ON_ERROR_TABLE)
         if on_error is not None:
             args["on-error"] = on_error
     if res.has("job-id"):
@@ -490,8 +513,7 @@ def run_generated(source: ChoiceSource, bugs: Sequence[str] = ()):
 
     generated = generate_with_spans(source, bugs)
     observation = run_case(generated.case, source, bugs=tuple(bugs))
-    schedule = {"choices": list(source.recorded[generated.choices_used:])}
-    case = replace(generated.case, schedule=schedule)
+    case = generated.case.with_schedule({"choices": source.recorded[generated.choices_used:]})
     return case, observation, judge(case, observation)
 
 

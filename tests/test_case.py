@@ -798,3 +798,17 @@ def test_qmp_arguments_match_qemu_7_2():
     qemu = asyncio.run(_qemu_arguments(case_mod.QMP_COMMANDS))
     for name in case_mod.QMP_COMMANDS:
         assert _schema_arguments(name) == qemu[name], name
+
+
+def test_with_schedule_keeps_every_other_field():
+    """Case.with_schedule passes each field on by name: one forgotten (or a field added
+    later and not passed on) would silently reset it in every generated case."""
+    import dataclasses
+    case = Case(images=(Image("node0", writes=(Write(0, 65536, 3),)), Image("node1")),
+                commands=(Command("x-wait-jobs"),), drive=None, bugs=("stream-prepare-no-drain",),
+                schedule={"policy": "pct", "seed": 4}, expect={"verdict": "ok"},
+                description="d", path="/p.json")
+    got = case.with_schedule({"choices": [1, 0]})
+    want = dataclasses.replace(case, schedule={"choices": [1, 0]})
+    for f in dataclasses.fields(Case):
+        assert getattr(got, f.name) == getattr(want, f.name), f.name
