@@ -97,7 +97,7 @@ class Stats:
     pct_threads: int = 0
     pct_steps: int = 0
     focus_runs: int = 0
-    cell_runs: Counter = field(default_factory=Counter)   # cell or pair of cells -> runs that reached it
+    cell_runs: Counter = field(default_factory=Counter)   # pct: cell or pair of cells -> runs that reached it
 
     @property
     def elapsed(self) -> float:
@@ -149,7 +149,8 @@ class Campaign:
         """Account for one generated run."""
         self.stats.runs += 1
         cells = observation.extra.get("cells", ())
-        self.stats.cell_runs.update(scenarios(cells))
+        if self.config.engine == "pct":      # only its learning asks how rare a cell is
+            self.stats.cell_runs.update(scenarios(cells))
         new = self.stats.cells.add(cells, self.stats.runs)
         if self.sink is not None and new:
             self.sink(("cells", new))

@@ -33,6 +33,7 @@ a command may start anywhere between its neighbours' anchors. A status is
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
@@ -213,8 +214,8 @@ class Timeline:
         total = len(self.events)
         steps = [e.get("step") for e in self.events]
         if all(isinstance(s, int) for s in steps):
-            return [(p, p) for p in (sum(1 for s in steps if s < i)
-                                     for i in range(len(commands) + 1))]
+            steps.sort()      # command i starts after every event an earlier step emitted
+            return [(p, p) for p in (bisect_left(steps, i) for i in range(len(commands) + 1))]
         return [self._window(commands, i, total) for i in range(len(commands) + 1)]
 
     def _window(self, commands, index: int, total: int) -> tuple[int, int]:
