@@ -76,7 +76,9 @@ def weighted(source: ChoiceSource, label: str, table: Sequence[tuple[int, T]]) -
     """One choice among ``table``'s values, each as likely as its weight."""
     entry = _BOUNDS.get(id(table))
     if entry is None or entry[0] is not table:
-        entry = _remember(_BOUNDS, id(table), (table, *_bounds(table)))
+        entry = (table, *_bounds(table))
+        if isinstance(table, tuple):     # immutable: its bounds stay right
+            _remember(_BOUNDS, id(table), entry)
     return table[bisect_right(entry[2], source.choose(entry[1], label))][1]
 
 
