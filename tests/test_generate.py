@@ -229,3 +229,13 @@ def test_mutating_at_the_count_limits_stays_within_them(count):
             break
     n = len(_commands_of(g._drop(layout, rng) if count == 1 else g._duplicate(layout, rng)))
     assert 1 <= n <= MAX_COMMANDS
+
+
+def test_weighted_reads_a_list_table_afresh_each_time():
+    """Tables are cached by identity; a list may change in place, so it never is."""
+    from harness.choices import RecordedSource
+    from harness.generate import weighted
+    table = [(1, "a"), (1, "b")]
+    assert weighted(RecordedSource([1]), "x", table) == "b"
+    table[1] = (3, "c")                               # weights 1 and 3: a draw of 2 is "c"
+    assert weighted(RecordedSource([2]), "x", table) == "c"
