@@ -157,13 +157,13 @@ def qmp_block_commit(m, device, job_id=None, base_node=None, base=None, top_node
     bdrv_op_is_blocked(bs)
     top_bs = _commit_top(m, bs, top_node, top)
     base_bs = _commit_base(m, top_bs, base_node, base)
-    if top_bs is base_bs:
-        raise QMPError("cannot commit an image into itself")
     stop = bdrv_filter_or_cow_bs(base_bs)
     it = top_bs
-    while it is not None and it is not stop:
+    while it is not None and it is not stop:     # COMMIT_TARGET blockers, top to base
         bdrv_op_is_blocked(it)
         it = bdrv_filter_or_cow_bs(it)
+    if top_bs is base_bs:                        # only then (blockdev.c's order)
+        raise QMPError("cannot commit an image into itself")
     kw = dict(speed=speed, on_error=on_error, filter_node_name=filter_node_name,
               auto_finalize=auto_finalize, auto_dismiss=auto_dismiss)
     if bdrv_skip_filters(top_bs) is bdrv_skip_filters(bs):
