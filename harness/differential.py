@@ -135,6 +135,19 @@ def model_outcomes(case: Case, seeds: int, run_model: ModelRun) -> list[tuple[st
     return list(seen.values())
 
 
+def _merged(first: list[tuple[str, Observation]], more: list[tuple[str, Observation]],
+            suffix: str) -> list[tuple[str, Observation]]:
+    """``first``, then the outcomes of ``more`` not in it, their labels marked."""
+    seen = {outcome_key(normalise(obs)) for _, obs in first}
+    out = list(first)
+    for label, obs in more:
+        key = outcome_key(normalise(obs))
+        if key not in seen:
+            seen.add(key)
+            out.append((label + suffix, obs))
+    return out
+
+
 def compare(case: Case, qemu: Observation, model: list[tuple[str, Observation]],
             seeds: int, gapped: int = 0) -> Finding | None:
     """None when QEMU's outcome is one the model allows; else the finding."""
@@ -284,11 +297,22 @@ def gap_count(case: Case, bound: int = GAP_BOUND, seeds: int = GAP_SEEDS) -> int
     return seeds * sum(1 for _ in gap_schedules(case, bound))
 
 
-def gapped_model(case: Case, seed: int, gaps: dict[int, int]) -> Observation:
+def gapped_model(case: Case, seed: int, gaps: dict[int, int],
+                 unthrottle: dict[int, list[str]] | None = None) -> Observation:
     """The fixed model with commands back to back but for ``gaps``; other decisions
     from plain random choices with ``seed``."""
     from harness.backends import reference
-    return reference.run_case(case, Gaps(RandomSource(seed), gaps), bugs=())
+    return reference.run_case(case, Gaps(RandomSource(seed), gaps), bugs=(), unthrottle=unthrottle)
+
+
+def unthrottled(case: Case, qemu: Observation) -> dict[int, list[str]]:
+    """The jobs whose speed limit the QEMU backend lifted, per x-wait-jobs, in its order,
+    keyed as :func:`harness.backends.reference.run_case` takes them (the implicit last
+    x-wait-jobs, -1 on QEMU's side, is ``len(case.commands)``)."""
+    out: dict[int, list[str]] = {}
+    for index, device in qemu.extra.get("unthrottled", ()):
+        out.setdefault(len(case.commands) if index < 0 else index, []).append(device)
+    return out
 
 
 def search_gaps(case: Case, qemu: Observation, run_gapped: GappedRun,
@@ -307,7 +331,8 @@ def search_gaps(case: Case, qemu: Observation, run_gapped: GappedRun,
     return None
 
 
-def reference_model(case: Case, seed: int | None) -> Observation:
+def reference_model(case: Case, seed: int | None,
+                    unthrottle: dict[int, list[str]] | None = None) -> Observation:
     """The model with QEMU 7.2's behaviour (no bugs put back), on one schedule: the
     case's own (``seed`` None), else the case's policy with ``seed``, or plain random
     choices with ``seed`` where the case records its choices. Odd seeds run the
@@ -325,7 +350,7 @@ def reference_model(case: Case, seed: int | None) -> Observation:
         source = reference.source_for(case, seed)
     if seed is not None and seed % 2:
         source = Gaps(source)
-    return reference.run_case(case, source, bugs=())
+    return reference.run_case(case, source, bugs=(), unthrottle=unthrottle)
 
 
 class Differ:
@@ -360,13 +385,25 @@ class Differ:
         qemu = self.runner.run(case)
         if self.only == "qemu":
             return DiffResult(case, qemu, [], qemu.finding)
-        model = model_outcomes(case, self.seeds, self.run_model)
+        run_model, run_gapped = self.run_model, self.run_gapped
+        lifted = unthrottled(case, qemu) if run_model is reference_model else {}
+        model = model_outcomes(case, self.seeds, run_model)
+        if lifted:
+            # QEMU's x-wait-jobs lifted speed limits (its rate limits run in real time):
+            # the model does the same, in the same order, and may also not have needed to
+            model = _merged(model, model_outcomes(
+                case, self.seeds, lambda c, s: reference_model(c, s, unthrottle=lifted)),
+                ", speed limits lifted as on QEMU")
+        gapped = [run_gapped] if run_gapped is not None else []
+        if lifted and run_gapped is gapped_model:
+            gapped.insert(0, lambda c, s, g: gapped_model(c, s, g, unthrottle=lifted))
         finding = compare(case, qemu, model, self.seeds)
-        if finding is not None and finding.kind == "qemu-mismatch" and self.run_gapped is not None:
-            found = search_gaps(case, qemu, self.run_gapped)
-            if found is not None:
-                return DiffResult(case, qemu, model + [found], None)
-            finding = compare(case, qemu, model, self.seeds, gap_count(case))
+        if finding is not None and finding.kind == "qemu-mismatch" and gapped:
+            for run in gapped:
+                found = search_gaps(case, qemu, run)
+                if found is not None:
+                    return DiffResult(case, qemu, model + [found], None)
+            finding = compare(case, qemu, model, self.seeds, gap_count(case) * len(gapped))
         return DiffResult(case, qemu, model, finding)
 
 

@@ -45,6 +45,9 @@ class Machine:
         self.blks: dict[str, BlockBackend] = {}
         self.jobs: dict[str, Job] = {}
         self.job_order: list[str] = []
+        #: command index -> block jobs whose speed limit x-wait-jobs lifts there, in order
+        #: (what the QEMU backend did on QEMU; only `blockfuzz diff` asks for it)
+        self.unthrottle: dict[int, list[str]] = {}
         self.events: list[dict] = []
         self.bugs = frozenset(bugs)
         self.cells: set[str] = set()

@@ -11,7 +11,7 @@ hang, illegal transition, an unexpected exception) becomes the observation's
 from __future__ import annotations
 
 import traceback
-from typing import Iterable
+from typing import Iterable, Mapping, Sequence
 
 from harness.case import Case
 from harness.choices import ChoiceSource, RandomSource, RecordedSource
@@ -61,14 +61,20 @@ def build(m: Machine, case: Case) -> None:
 
 
 def run_case(case: Case, source: ChoiceSource | None = None, *,
-             bugs: Iterable[str] | None = None, trace: bool = False) -> Observation:
-    """Run ``case`` on the model; never raises for a model fault."""
+             bugs: Iterable[str] | None = None, trace: bool = False,
+             unthrottle: Mapping[int, Sequence[str]] | None = None) -> Observation:
+    """Run ``case`` on the model; never raises for a model fault. ``unthrottle``:
+    command index (that of an x-wait-jobs, ``len(case.commands)`` for the implicit
+    last one) -> block jobs whose speed limit it lifts first, in order (what the QEMU
+    backend did; see :func:`harness.differential.unthrottled`)."""
     bug_ids = tuple(case.bugs if bugs is None else bugs)
     for b in bug_ids:
         if b not in BUGS:
             raise UsageError(f"unknown bug id '{b}'; known: {', '.join(sorted(BUGS))}")
     source = source if source is not None else source_for(case)
     m = Machine(source.choose, bug_ids, trace=trace)
+    if unthrottle:
+        m.unthrottle = {i: list(devices) for i, devices in unthrottle.items()}
     source.attach(m)
     obs = Observation()
     try:
