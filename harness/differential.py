@@ -390,7 +390,7 @@ class Differ:
         model = model_outcomes(case, self.seeds, run_model)
         if lifted:
             # QEMU's x-wait-jobs lifted speed limits (its rate limits run in real time):
-            # the model does the same, in the same order, and may also not have needed to
+            # the model lifts the same ones in the same order; its runs without stay allowed
             model = _merged(model, model_outcomes(
                 case, self.seeds, lambda c, s: reference_model(c, s, unthrottle=lifted)),
                 ", speed limits lifted as on QEMU")
