@@ -10,6 +10,7 @@ replaces the top by ``base``.
 """
 from __future__ import annotations
 
+from itertools import takewhile
 from typing import Generator
 
 from reference import drain
@@ -17,20 +18,10 @@ from reference.errors import QMPError
 from reference.graph import (bdrv_append_filter, bdrv_drop_intermediate, bdrv_filter_or_cow_bs,
                              bdrv_find_overlay, bdrv_freeze_backing_chain, bdrv_ref,
                              bdrv_reopen_set_read_only, bdrv_replace_node, bdrv_skip_filters,
-                             bdrv_unfreeze_backing_chain, bdrv_unref, bdrv_filter_child)
+                             bdrv_unfreeze_backing_chain, bdrv_unref, bdrv_filter_child, chain)
 from reference.job import Job, SLICE_NS
 
 COMMIT_BUFFER_SIZE = 512 << 10
-
-
-def _in_chain(top, base, bs) -> bool:
-    """Whether ``bs`` is on the chain from ``top`` down to ``base``, base excluded."""
-    it = top
-    while it is not None and it is not base:
-        if it is bs:
-            return True
-        it = bdrv_filter_or_cow_bs(it)
-    return False
 
 
 class CommitJob(Job):
@@ -41,7 +32,10 @@ class CommitJob(Job):
         return self.commit_top_bs
 
     def will_drop(self, bs) -> bool:
-        return bs is self.commit_top_bs or _in_chain(self.top_bs, self.base_bs, bs)
+        """Its filter, and the nodes from top down to base (base kept)."""
+        base = self.base_bs
+        return bs is self.commit_top_bs or any(n is bs for n in takewhile(lambda n: n is not base,
+                                                                           chain(self.top_bs)))
 
     def run(self) -> Generator:
         """commit_run: copy what is allocated above base into base."""
@@ -158,9 +152,6 @@ class MirrorCommitJob(Job):
 
     def filter_bs(self):
         return self.mirror_top_bs
-
-    def will_drop(self, bs) -> bool:
-        return bs is self.mirror_top_bs or _in_chain(self.src_bs, self.target_bs, bs)
 
     def run(self) -> Generator:
         """mirror_run, in outline: copy the dirty ranges, become READY, keep copying

@@ -139,8 +139,9 @@ class Job:
         return None
 
     def will_drop(self, bs) -> bool:
-        """Whether this job's completion takes ``bs`` out of the graph (a commit's filter
-        and the nodes it merges); a stream keeps its nodes."""
+        """Whether this job's completion takes ``bs`` out of the graph (an intermediate
+        commit's filter and the nodes it merges). Only asked of the nodes a stream can
+        have as its base: never an active commit's, which sit at the root."""
         return False
 
     def remove_all_bdrv(self) -> None:

@@ -351,7 +351,7 @@ def _lift_speed_limit(m, device: str) -> None:
     rate limits run in real time, the model's in virtual time. A job that is gone or
     refuses the verb is left alone, as the backend does."""
     try:
-        find_block_job(m, device).set_speed(0)
+        qmp_block_job_set_speed(m, device, 0)
     except QMPError:
         pass
 
