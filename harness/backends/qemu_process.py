@@ -133,8 +133,10 @@ class QemuProcess:
         argv += trace_arguments(binary, trace)
         try:
             with open(log_path, "ab") as log:
+                # a session of its own: kill() takes down what it started too (a wrapper's children)
                 self.proc = subprocess.Popen(argv, pass_fds=[fd], stdin=subprocess.DEVNULL,
-                                             stdout=log, stderr=log, preexec_fn=_die_with_parent)
+                                             stdout=log, stderr=log, preexec_fn=_die_with_parent,
+                                             start_new_session=True)
         finally:
             theirs.close()
         self.client = QMPClient(f"blockfuzz-{self.proc.pid}")
@@ -266,8 +268,11 @@ class QemuProcess:
             self.client = None
 
     def kill(self) -> None:
-        """SIGKILL the process by pid (if it still runs) and reap it."""
+        """SIGKILL the process and everything it started (its process group), and reap it."""
         if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
+            if self.proc.returncode is None:     # not reaped yet: its pid is still its group's
+                try:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             self.proc.wait()

@@ -206,6 +206,25 @@ def test_a_qemu_img_that_never_finishes_gives_a_clear_error(tmp_path, monkeypatc
     assert ended(int(child.read_text()))
 
 
+def test_a_qemu_that_never_opens_its_monitor_is_killed_with_what_it_started(tmp_path, monkeypatch):
+    """A wrapper script in QEMU's place that never answers: a clear error, and its
+    child is killed too (it was left running before QEMU got a process group)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("qemu-img", "qemu-io"):
+        (bindir / tool).symlink_to(f"/usr/bin/{tool}")
+    stuck = bindir / "qemu-storage-daemon"
+    child = tmp_path / "child.pid"
+    stuck.write_text(f"#!/bin/sh\n/bin/sleep 600 &\necho $! > {child}\nwait\n")
+    stuck.chmod(stuck.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", str(bindir))
+    no_device = Case(images=(Image("a"),), commands=(), drive=None)
+    with pytest.raises(QemuError) as info:
+        run_case(no_device, workdir=str(tmp_path), timeout=0.5)
+    assert str(info.value).startswith("qemu-storage-daemon did not start: qemu-storage-daemon (pid ")
+    assert ended(int(child.read_text()))
+
+
 def test_image_roots_of_dead_processes_are_removed(tmp_path):
     stale = tmp_path / f"{ROOT_PREFIX}999999999-abc"
     stale.mkdir()
