@@ -1,4 +1,4 @@
 # Cython declarations for data.py (used only by `make fast`): see graph.pxd.
 
 cdef class ImageData:
-    cdef public object size, cluster_size, runs, raw
+    cdef public object size, cluster_size, runs, raw, host, breaks

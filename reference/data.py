@@ -9,23 +9,35 @@ chain below reads (copy-on-write), as qcow2 does.
 Data is a pattern byte per run, as ``qemu-io -c "write -P pattern"`` writes
 it; this keeps the model fast (no per-byte storage) and is what the case
 format can express.
+
+A qcow2 layer also remembers where its clusters went in the image file:
+qcow2 appends newly allocated clusters, so host clusters follow the order of
+allocation, and its block status (``count_contiguous_subclusters``) ends an
+allocated extent where the next cluster's host offset does not follow. A
+layer written out of order (960K, then 832K..960K) answers in two pieces, and
+a job copies it in two chunks, with a rate-limit sleep between them.
 """
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from typing import Callable
 
 Run = tuple[int, int, int]
 
 
 class ImageData:
-    __slots__ = ("size", "cluster_size", "runs", "raw")
+    __slots__ = ("size", "cluster_size", "runs", "raw", "host", "breaks")
 
     def __init__(self, size: int, cluster_size: int, raw: bool = False):
         self.size = size
         self.cluster_size = cluster_size
         self.raw = raw
         self.runs: list[Run] = [(0, size, 0)] if raw else []
+        #: qcow2: guest cluster index -> host cluster number, in order of allocation
+        self.host: dict[int, int] = {}
+        #: qcow2: offsets of allocated clusters whose host cluster does not follow
+        #: the host cluster of the (allocated) guest cluster before them
+        self.breaks: list[int] = []
 
     def _first(self, offset: int) -> int:
         """Index of the first run that ends after ``offset``."""
@@ -45,6 +57,11 @@ class ImageData:
             while i < len(runs) and runs[i][0] <= pos < end:
                 pos = runs[i][1]
                 i += 1
+            breaks = self.breaks
+            if breaks:
+                j = bisect_right(breaks, offset)
+                if j < len(breaks) and breaks[j] < pos:
+                    pos = breaks[j]
             return True, min(pos, end) - offset
         nxt = runs[i][0] if i < len(runs) else end
         return False, min(nxt, end) - offset
@@ -98,6 +115,28 @@ class ImageData:
         head = self._cow_fill(cs, start, read_below)
         tail = self._cow_fill(end, ce, read_below)
         self.overwrite(cs, ce, head + data + tail)
+        self._allocate(cs // c, -(-ce // c))
+
+    def _allocate(self, first: int, last: int) -> None:
+        """Give guest clusters ``first`` .. ``last - 1`` not allocated yet the next host
+        clusters, in guest order, and note where host contiguity now breaks."""
+        host = self.host
+        new = [k for k in range(first, last) if k not in host]
+        for k in new:
+            host[k] = len(host)
+        for k in new:
+            self._note_break(k)
+            self._note_break(k + 1)
+
+    def _note_break(self, k: int) -> None:
+        """Cluster ``k`` and the one before it are both allocated now and not
+        neighbours in the file: an extent of block status ends before ``k``."""
+        host = self.host
+        if k in host and k - 1 in host and host[k] != host[k - 1] + 1:
+            offset = k * self.cluster_size
+            j = bisect_left(self.breaks, offset)
+            if j == len(self.breaks) or self.breaks[j] != offset:
+                self.breaks.insert(j, offset)
 
     def _cow_fill(self, start: int, end: int, read_below) -> list[Run]:
         out: list[Run] = []
@@ -111,6 +150,8 @@ class ImageData:
     def copy(self) -> ImageData:
         new = ImageData(self.size, self.cluster_size, self.raw)
         new.runs = list(self.runs)
+        new.host = dict(self.host)
+        new.breaks = list(self.breaks)
         return new
 
 

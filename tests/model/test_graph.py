@@ -159,6 +159,26 @@ def test_qcow2_write_allocates_clusters_with_copy_on_write():
     assert raw.read(0, 30) == [(0, 10, 0), (10, 20, 1), (20, 30, 0)]
 
 
+
+def test_qcow2_block_status_ends_where_host_clusters_stop_following():
+    """qemu-img map on a qcow2 written at 960K, then at 832K..960K, shows host
+    offsets 384K and 320K: block status answers 128K, then 64K."""
+    zero = lambda s, e: [(s, e, 0)]
+    d = ImageData(1 << 20, 65536)
+    d.write(960 << 10, 1 << 20, [(960 << 10, 1 << 20, 34)], zero)
+    d.write(832 << 10, 960 << 10, [(832 << 10, 960 << 10, 205)], zero)
+    assert d.host == {15: 0, 13: 1, 14: 2}
+    assert [d.block_status(off, 512 << 10) for off in (832 << 10, 960 << 10)] == [(True, 128 << 10),
+                                                                                  (True, 64 << 10)]
+    in_order = ImageData(1 << 20, 65536)
+    in_order.write(0, 256 << 10, [(0, 256 << 10, 1)], zero)
+    in_order.write(256 << 10, 512 << 10, [(256 << 10, 512 << 10, 2)], zero)
+    in_order.write(128 << 10, 384 << 10, [(128 << 10, 384 << 10, 3)], zero)   # rewrites, allocates nothing
+    assert (in_order.block_status(0, 1 << 20), in_order.breaks) == ((True, 512 << 10), [])
+    copied = d.copy()
+    copied.write(0, 65536, [(0, 65536, 7)], zero)
+    assert (d.breaks, copied.breaks, 0 in d.host) == ([983040], [983040], False)
+
 def test_jobs_never_change_guest_data():
     case = chain_case(6, [("block-commit", {"device": "drive0", "top-node": "node3",
                                              "base-node": "node1", "job-id": "c"}),
