@@ -41,6 +41,7 @@ from harness.backends.nbd import NbdClient
 from harness.backends.qemu_graph import BlockGraph, chain_from, filters_above, parse_graph
 from harness.backends.qemu_images import CaseImages, ImageStore, read_backing_strings
 from harness.backends.qemu_jobs import JobTracker
+from harness.backends.qemu_core import crash_site
 from harness.backends.qemu_process import (STORAGE_DAEMON, SYSTEM, QemuDied, QemuHung,
                                            QemuProcess, describe_exit)
 from harness.case import HARNESS_COMMANDS, Case, Command
@@ -297,11 +298,14 @@ class _Session:
         reached = self.case.commands[:step + 1] if step >= 0 else self.case.commands
         where = self.case.commands[step].execute if step >= 0 else "end of case"
         when = f"during command {step} ({where})" if step >= 0 else "at the end of the case"
-        lines = [f"{e.binary} (pid {e.pid}) {describe_exit(e.returncode)} {when}",
-                 "stderr:", *("  " + line for line in self.images.to_case(e.log_tail).splitlines()[-20:]),
-                 "commands so far:",
-                 *(f"  {i}: {json.dumps(c.to_dict())}" for i, c in enumerate(reached))]
-        return Finding("qemu-crash", "\n".join(lines), where=where, step=step)
+        lines = [f"{e.binary} (pid {e.pid}) {describe_exit(e.returncode)}{e.crashed_in} {when}",
+                 "stderr:", *("  " + line for line in self.images.to_case(e.log_tail).splitlines()[-20:])]
+        if e.backtrace:
+            lines += ["backtrace (gdb, from its core file):",
+                      *(f"  #{i} {frame}" for i, frame in enumerate(e.backtrace))]
+        lines += ["commands so far:", *(f"  {i}: {json.dumps(c.to_dict())}" for i, c in enumerate(reached))]
+        # a crash is known by where in QEMU it happened, whatever command led there
+        return Finding("qemu-crash", "\n".join(lines), where=crash_site(e.backtrace) or where, step=step)
 
     # -- attach -------------------------------------------------------------------
 

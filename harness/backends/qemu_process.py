@@ -14,14 +14,16 @@ with the ``qemu.qmp`` library's asyncio ``QMPClient``; an event recorder is
 registered before ``connect`` so that no event is lost.
 
 A monitor that goes away or a process that exits is reported as
-:class:`QemuDied` (signal, exit status, the log's tail); a command that gets
-no answer within its bound as :class:`QemuHung`.
+:class:`QemuDied` (signal, exit status, the log's tail, and for a crash the
+backtrace gdb reads from its core file, :mod:`harness.backends.qemu_core`);
+a command that gets no answer within its bound as :class:`QemuHung`.
 """
 from __future__ import annotations
 
 import asyncio
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,6 +31,7 @@ from typing import Any, Callable
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 
+from harness.backends import qemu_core
 from harness.backends.qemu_images import find_binary
 from harness.errors import QemuError
 
@@ -43,12 +46,19 @@ QUIT_GRACE = 2.0
 class QemuDied(QemuError):
     """The QEMU process exited (or closed its monitor) while being used."""
 
-    def __init__(self, binary: str, pid: int, returncode: int | None, log_tail: str):
+    def __init__(self, binary: str, pid: int, returncode: int | None, log_tail: str,
+                 backtrace: tuple[qemu_core.Frame, ...] = ()):
         self.binary = binary
         self.pid = pid
         self.returncode = returncode
         self.log_tail = log_tail
-        super().__init__(f"{binary} (pid {pid}) {describe_exit(returncode)}")
+        self.backtrace = backtrace
+        super().__init__(f"{binary} (pid {pid}) {describe_exit(returncode)}{self.crashed_in}")
+
+    @property
+    def crashed_in(self) -> str:
+        """`` in bdrv_getlength``: the innermost frame of the backtrace, if there is one."""
+        return f" in {self.backtrace[0]}" if self.backtrace else ""
 
 
 class QemuHung(QemuError):
@@ -85,6 +95,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _die_with_parent_dumping_core() -> None:  # pragma: no cover - runs in the child
+    _die_with_parent()
+    qemu_core.allow_core_dumps()
+
+
 class _EventRecorder(EventListener):
     """Keeps every event, in order, and wakes whoever waits for the next one."""
 
@@ -113,6 +128,9 @@ class QemuProcess:
         self.listeners: list[Callable[[dict], None]] = []
         self.cases_run = 0
         self.nbd_socket = ""
+        self.path = ""          # the binary's path
+        self.cwd: str | None = None     # its own working directory, where a crash leaves its core
+        self._backtrace: tuple[qemu_core.Frame, ...] | None = None
 
     @classmethod
     async def start(cls, binary: str, log_path: str, timeout: float = 10.0,
@@ -122,7 +140,10 @@ class QemuProcess:
         ``trace``: QEMU trace-event patterns (``job_*``), enabled with timestamps;
         their lines go to the process's log."""
         self = cls(binary, log_path)
-        path = find_binary(binary, PACKAGES[binary])
+        path = self.path = find_binary(binary, PACKAGES[binary])
+        if qemu_core.cores_possible():
+            self.cwd = log_path + ".cwd"
+            os.makedirs(self.cwd, exist_ok=True)
         ours, theirs = socket.socketpair()
         fd = theirs.fileno()
         if binary == SYSTEM:
@@ -135,7 +156,9 @@ class QemuProcess:
             with open(log_path, "ab") as log:
                 # a session of its own: kill() takes down what it started too (a wrapper's children)
                 self.proc = subprocess.Popen(argv, pass_fds=[fd], stdin=subprocess.DEVNULL,
-                                             stdout=log, stderr=log, preexec_fn=_die_with_parent,
+                                             stdout=log, stderr=log, cwd=self.cwd,
+                                             preexec_fn=_die_with_parent_dumping_core if self.cwd
+                                             else _die_with_parent,
                                              start_new_session=True)
         finally:
             theirs.close()
@@ -221,7 +244,15 @@ class QemuProcess:
     def died_error(self) -> QemuDied:
         returncode = self.proc.poll() if self.proc is not None else None
         return QemuDied(self.binary, self.proc.pid if self.proc else -1, returncode,
-                        self.log_tail())
+                        self.log_tail(), self.backtrace(returncode))
+
+    def backtrace(self, returncode: int | None) -> tuple[qemu_core.Frame, ...]:
+        """gdb's backtrace of the core a crash left (read once; () for no crash or no core)."""
+        if self._backtrace is None:
+            if not (self.cwd and qemu_core.dumped_core(returncode)):
+                return ()
+            self._backtrace = qemu_core.take_backtrace(self.path, self.cwd)
+        return self._backtrace
 
     def log_size(self) -> int:
         try:
@@ -276,3 +307,5 @@ class QemuProcess:
                 except ProcessLookupError:
                     pass
             self.proc.wait()
+        if self.cwd is not None:
+            shutil.rmtree(self.cwd, ignore_errors=True)

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from harness.backends.qemu import QemuRunner, run_case
+from harness.backends.qemu_core import cores_possible
 from harness.backends.qemu_images import ROOT_PREFIX, ImageStore
 from harness.case import Case, Command, Image, Write, from_dict
 from harness.errors import QemuError
@@ -93,6 +94,29 @@ def test_qemu_killed_mid_case_is_a_qemu_crash_finding_and_leaves_no_process():
                                       "commands": []}))
         assert again.finding is None and again.chain_names() == ["a"]
         assert runner.pids() != [pids[0]]
+
+
+#: QEMU 7.2 dies with SIGSEGV reading through the copy-on-read filter of a stream
+#: that had nothing to copy and waits in 'pending' (docs/qemu-7.2-findings)
+NOOP_STREAM_PENDING = from_dict({
+    "format": "blockfuzz-case/1",
+    "images": [{"node-name": "n0"}, {"node-name": "n1"}],
+    "commands": [{"execute": "block-stream", "arguments": {"device": "drive0", "base-node": "n0",
+                                                            "auto-finalize": False}}]})
+
+
+def test_a_segfault_is_known_by_its_backtrace_and_leaves_no_core_behind():
+    if not cores_possible():
+        pytest.skip("core files do not reach gdb here (core_pattern is a program, or no gdb)")
+    with QemuRunner() as runner:
+        obs = runner.run(NOOP_STREAM_PENDING)
+        assert (obs.finding.kind, obs.finding.where) == ("qemu-crash", "bdrv_getlength<bdrv_co_common_block_status_above")
+        lines = obs.finding.message.splitlines()
+        assert lines[0].endswith("died with signal SIGSEGV (11) in bdrv_getlength at the end of the case")
+        trace = lines[lines.index("backtrace (gdb, from its core file):") + 1:lines.index("commands so far:")]
+        assert trace[0] == "  #0 bdrv_getlength" and "  #9 blk_co_pread" in trace
+        left = [os.path.join(d, n) for d, _, names in os.walk(runner.store.root) for n in names + _]
+        assert not [p for p in left if os.path.basename(p).startswith("core") or p.endswith(".cwd")]
 
 
 def test_a_job_that_never_settles_is_a_hang_with_query_jobs_and_is_cleaned_up():
