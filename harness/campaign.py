@@ -313,7 +313,7 @@ def _focus(c: Campaign, case: Case, index: int, runs: int) -> None:
         observation = run_case(case, source)
         c.stats.focus_runs += 1
         c.note_pct(source)
-        c.observe(replace(case, schedule={"choices": list(source.recorded)}), observation,
+        c.observe(case.with_schedule({"choices": list(source.recorded)}), observation,
                   judge(case, observation))
 
 

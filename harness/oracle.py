@@ -33,6 +33,7 @@ a command may start anywhere between its neighbours' anchors. A status is
 from __future__ import annotations
 
 import json
+import re
 from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
@@ -160,6 +161,8 @@ class Timeline:
         self.events = events
         self.lifetimes: list[Lifetime] = []
         self.problems: list[Violation] = []
+        self._lives_of: dict[Any, list[Lifetime]] = {}   # job id -> its lifetimes, in order
+        self._no_jobs: dict[int, bool] = {}              # no_jobs_alive, per command
         self._read_events(events)
         self.jobs = self._match_jobs(case.commands, replies)
         self.windows = self._windows(case.commands)
@@ -174,6 +177,7 @@ class Timeline:
                 if life is None or status == "created" or life.changes[-1][1] == "null":
                     life = current[job_id] = Lifetime(job_id, pos)
                     self.lifetimes.append(life)
+                    self._lives_of.setdefault(job_id, []).append(life)
                 life.changes.append((pos, status))
             elif name in END_EVENTS:
                 self._read_end(current.get(data.get("device")), pos, name, data)
@@ -233,15 +237,20 @@ class Timeline:
         return (lo, hi) if lo <= hi else (0, total)
 
     def of(self, job_id: str) -> list[Lifetime]:
-        return [life for life in self.lifetimes if life.job_id == job_id]
+        """The lifetimes of job ``job_id``, in order (not to be modified: the rules ask
+        for them several times per command, so they are indexed once)."""
+        return self._lives_of.get(job_id, [])
 
     def statuses(self, job_id: str, index: int) -> frozenset[str]:
         """Every status job ``job_id`` may have when command ``index`` starts."""
         lo, hi = self.windows[index]
-        lives = [life for life in self.of(job_id) if life.start < lo]
-        out = {lives[-1].status_before(lo) if lives else "undefined"}
-        for life in self.of(job_id):
-            out.update(status for pos, status in life.changes if lo <= pos < hi)
+        lives = self.of(job_id)
+        before = [life for life in lives if life.start < lo]
+        out = {before[-1].status_before(lo) if before else "undefined"}
+        for life in lives:
+            for pos, status in life.changes:
+                if lo <= pos < hi:
+                    out.add(status)
         return frozenset(out)
 
     def lifetime_at(self, job_id: str, index: int) -> Lifetime | None:
@@ -254,10 +263,15 @@ class Timeline:
         return inside[-1]
 
     def no_jobs_alive(self, index: int) -> bool:
-        """True when certainly no job exists when command ``index`` starts."""
-        lo, hi = self.windows[index]
-        return all(life.start >= hi or (life.start < lo and life.status_before(lo) == "null")
-                   for life in self.lifetimes)
+        """True when certainly no job exists when command ``index`` starts (remembered:
+        a command's rules ask up to four times)."""
+        known = self._no_jobs.get(index)
+        if known is None:
+            lo, hi = self.windows[index]
+            known = self._no_jobs[index] = all(
+                life.start >= hi or (life.start < lo and life.status_before(lo) == "null")
+                for life in self.lifetimes)
+        return known
 
 
 def _inside_command(life: Lifetime) -> int:
@@ -326,15 +340,20 @@ class Context:
     filter_names: frozenset[str]             # every filter-node-name in the case
     added_names: frozenset[str]              # node-names from blockdev-add
     removable: list[frozenset[str] | None]   # per command: nodes it may remove (None: any)
+    names: frozenset[str]                    # every node name of the case: images, filters, added
+    #: per command: the nodes the commands before it may have removed (None: any), the
+    #: running union of ``removable``, which :meth:`alive` would otherwise redo per call
+    removed_before: list[frozenset[str] | None]
 
     @classmethod
     def build(cls, case: "Case", observation: "Observation") -> "Context":
         timeline = Timeline(case, observation.replies, observation.events)
         images = [img.node_name for img in case.images]
+        filter_names = _argument_values(case.commands, "filter-node-name")
+        added_names = _added_names(case.commands)
         ctx = cls(case, observation.replies, timeline, images,
                   {img.filename: img.node_name for img in case.images},
-                  _argument_values(case.commands, "filter-node-name"),
-                  _added_names(case.commands), [])
+                  filter_names, added_names, [], frozenset(images) | filter_names | added_names, [])
         ctx._plan()
         return ctx
 
@@ -360,13 +379,19 @@ class Context:
             elif accepted and command.execute == "blockdev-del":
                 removes = frozenset({command.arguments.get("node-name")})
             self.removable.append(removes)
+        removed: frozenset[str] | None = frozenset()
+        for removes in self.removable:
+            self.removed_before.append(removed)
+            removed = None if removed is None or removes is None else removed | removes
+        self.removed_before.append(removed)
 
     def alive(self, name: str, index: int) -> bool:
         """True when ``name`` is an image node no earlier accepted command can
         have removed: it is still in the chain, in its original place."""
         if name not in self.images:
             return False
-        return all(r is not None and name not in r for r in self.removable[:index])
+        removed = self.removed_before[min(index, len(self.removable))]
+        return removed is not None and name not in removed
 
     def node_of(self, name: Any) -> str | None:
         """The image node a device or node argument names (drive: the top)."""
@@ -384,8 +409,7 @@ class Context:
         """False for a name that no node (or device) ever carried in this case."""
         if not isinstance(name, str):
             return False
-        known = set(self.images) | self.filter_names | self.added_names
-        return name in known or (device and name == self.drive) or name.startswith("#")
+        return name in self.names or (device and name == self.drive) or name.startswith("#")
 
     def job_id_free(self, job_id: str, index: int) -> Any:
         statuses = self.timeline.statuses(job_id, index)
@@ -418,21 +442,23 @@ def _argument_values(commands, key: str) -> frozenset[str]:
 
 def _added_names(commands) -> frozenset[str]:
     out: set[str] = set()
-
-    def walk(value: Any) -> None:
-        if isinstance(value, Mapping):
-            for k, v in value.items():
-                if k == "node-name" and isinstance(v, str):
-                    out.add(v)
-                walk(v)
-        elif isinstance(value, list):
-            for v in value:
-                walk(v)
-
     for command in commands:
         if command.execute == "blockdev-add":
-            walk(command.arguments)
+            _collect_node_names(command.arguments, out)
     return frozenset(out)
+
+
+def _collect_node_names(value: Any, out: set[str]) -> None:
+    """Every ``node-name`` string inside ``value``, into ``out``. A module function, not a
+    closure: a recursive closure is a reference cycle, garbage for the collector every run."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if k == "node-name" and isinstance(v, str):
+                out.add(v)
+            _collect_node_names(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _collect_node_names(v, out)
 
 
 def _accepted(ctx: Context, index: int) -> bool:
@@ -789,9 +815,11 @@ def _exclusive(a: str, b: str, text: str) -> Rule:
 
 
 def _wellformed(name: Any) -> bool:
-    """util/id.c id_wellformed(): a letter, then letters, digits, '-', '.', '_'."""
-    return isinstance(name, str) and name[:1].isascii() and name[:1].isalpha() and all(
-        c.isascii() and (c.isalnum() or c in "-._") for c in name[1:])
+    """util/id.c id_wellformed(): a letter, then letters, digits, '-', '.', '_' (all ASCII)."""
+    return isinstance(name, str) and _ID.fullmatch(name) is not None
+
+
+_ID = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
 
 
 def _below(ctx: Context, i: int, upper: Any, lower: str, refusal: Refusal,
