@@ -277,7 +277,23 @@ def run_pct(c: Campaign, first: int = 0, stride: int = 1) -> None:
     while a commit was pending", 17 showed the no-drain bug under none of 32 PCT
     schedules, three under 28 to 32 and one under 7: the case is the hard part, not
     the interleaving. Focus still pays for its runs: without it (FOCUS_MAX 0, before
-    pairs) no-drain took 308 runs against 216, at half the runs/s."""
+    pairs) no-drain took 308 runs against 216, at half the runs/s.
+
+    Over 200 campaigns a form (seeds 0-199; the bench's first 40 are lucky: 152 / 166
+    there, 245 / 233 over 200), with the finer cells of the seed race in the model ("a
+    stream started with a base a pending commit will drop", "... a commit still
+    copying will drop", "... with at most one chunk left to copy will drop"): 212 /
+    212; with the grammar's prior (:data:`harness.learning.PRIOR`) on top, 146 / 146.
+    Also tried over 200 and dropped: one uniform case in ten (or four) with learned
+    cases at 5-10 % exploration instead of 25 % per decision (239 / 213); pct's rarity
+    counted over command outcomes as well as cells (233 / 209 over 40, worse); lessons
+    weighed by how few runs reached a cell rather than by its share (265 / 234 and
+    401 / 408 over 40, worse); a cell for "a stream started while a commit was pending"
+    (172 / 191 over 40, worse). Phases, over 40: the first case whose stream starts on
+    a commit's filter comes at a median 86 runs and the bug some 65 runs later; of the
+    runs where stream_prepare's base is a node a commit still copying will drop, the
+    bug shows in 79 % when the commit has nothing left to copy, 28 % with one chunk
+    left and 6 % with more (3 campaigns of 1,500 runs)."""
     from harness.learning import GrammarModel, LearnedPCTSource
     model = GrammarModel()
     index = first

@@ -59,6 +59,22 @@ class CommitJob(Job):
             delay = self.ratelimit_calculate_delay(n) if copy else 0
         return 0
 
+    def copies_left(self) -> int:
+        """How many more chunks commit_run would copy from where it is now (read
+        without touching anything: a node it would read that was freed stops the count)."""
+        m, top, overlay = self.m, self.top_bs, self.base_overlay
+        for bs in chain(top):
+            if bs.freed_at is not None:
+                return 0
+            if bs is overlay:
+                break
+        offset, left = self.offset, 0
+        while offset < self.len:
+            copy, n = m.is_allocated_above(top, overlay, offset, COMMIT_BUFFER_SIZE)
+            left += copy
+            offset += n or self.len - offset
+        return left
+
     def prepare(self) -> int:
         m = self.m
         bdrv_unfreeze_backing_chain(self.commit_top_bs, self.base_bs)

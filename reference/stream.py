@@ -66,9 +66,16 @@ class StreamJob(Job):
                for j in m.jobs.values()):
             m.cell("stream_prepare ran while a commit was pending")
             base = bdrv_filter_or_cow_bs(self.above_base)
-            if base is not None and any(j is not self and not j.is_completed() and j.will_drop(base)
-                                        for j in m.jobs.values()):
+            droppers = [] if base is None else [j for j in m.jobs.values() if j is not self
+                                                and not j.is_completed() and j.will_drop(base)]
+            if droppers:
                 m.cell("stream_prepare's base is a node a pending commit will drop")
+                copying = [j for j in droppers if not j.deferred_to_main_loop]
+                if copying:
+                    m.cell("stream_prepare's base is a node a commit still copying will drop")
+                    if any(j.copies_left() <= 1 for j in copying):
+                        m.cell("stream_prepare's base is a node a commit with at most one chunk "
+                               "left to copy will drop")
         self.cor_filter_drop()
         if m.bug("stream-prepare-no-drain"):
             return self._prepare_unfixed(take_ref=False)
@@ -206,6 +213,9 @@ def stream_start(m, job_id, bs, base, backing_file_str, bottom, *, speed, on_err
     while it is not None and it is not stop:
         job.add_bdrv("intermediate node", it)
         it = bdrv_filter_or_cow_bs(it)
+    if stop is not None and any(j is not job and not j.is_completed() and j.will_drop(stop)
+                                for j in m.jobs.values()):
+        m.cell("a stream started with a base a pending commit will drop")
     job.start()
     return job
 

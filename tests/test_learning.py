@@ -5,17 +5,25 @@ from collections import Counter
 import pytest
 
 from harness.campaign import Budget, Campaign, Config, run_pct
-from harness.learning import EXPLORE, RARE, GrammarModel, LearnedPCTSource
+from harness.learning import EXPLORE, PRIOR, RARE, GrammarModel, LearnedPCTSource
 
 
 def test_only_runs_that_reached_a_rare_cell_teach():
     model = GrammarModel()
     assert not model.learn([("gen:x", 3, 2)], None)          # no cell at all
     assert not model.learn([("gen:x", 3, 2)], RARE)          # a common cell
-    assert model.weights == {} and model.lessons == 0
+    prior = {k: list(w) for k, w in PRIOR.items()}
+    assert model.weights == prior and model.lessons == 0
     assert model.learn([("gen:x", 3, 2), ("gen:y", 2, 0)], RARE / 4)
-    assert model.weights == {("gen:x", 3): [1.0, 1.0, 5.0], ("gen:y", 2): [5.0, 1.0]}
+    assert model.weights == {**prior, ("gen:x", 3): [1.0, 1.0, 5.0], ("gen:y", 2): [5.0, 1.0]}
     assert model.lessons == 1
+
+
+def test_before_any_lesson_pct_keeps_the_job_starting_commands_in_most_cases():
+    model, rng = GrammarModel(), random.Random(5)
+    for kind in ("block-commit", "block-stream"):
+        kept = sum(model.sample(rng, f"gen:swarm:{kind}", 2) == 0 for _ in range(4000)) / 4000
+        assert kept == pytest.approx((1 - EXPLORE) * 0.9 + EXPLORE / 2, abs=0.03)
 
 
 def test_sampling_follows_what_was_learned_but_keeps_exploring():

@@ -8,6 +8,9 @@ PMC = "a completion attached a node another unfinished job holds"
 PENDING = "two job completions were pending at once"
 WHILE_COMMIT = "stream_prepare ran while a commit was pending"
 DROPS_BASE = "stream_prepare's base is a node a pending commit will drop"
+STARTED_ON = "a stream started with a base a pending commit will drop"
+STILL_COPYING = "stream_prepare's base is a node a commit still copying will drop"
+LAST_CHUNK = "stream_prepare's base is a node a commit with at most one chunk left to copy will drop"
 
 
 def cells_by_seed(case):
@@ -27,6 +30,11 @@ def test_a_stream_attaching_a_running_commits_filter_is_a_shared_node(make_case)
     assert [PMC in c for c in cells] == [WHILE_COMMIT in c for c in cells]
     # the stream's base is the commit's filter: the seed bug's precondition
     assert [DROPS_BASE in c for c in cells] == [WHILE_COMMIT in c for c in cells]
+    assert all(STARTED_ON in c for c in cells)
+    # the finer cells: the commit's coroutine has not returned yet, and then has little left
+    assert any(STILL_COPYING in c for c in cells)
+    assert all(DROPS_BASE in c for c in cells if STILL_COPYING in c)
+    assert all(STILL_COPYING in c for c in cells if LAST_CHUNK in c)
 
 
 def test_a_stream_onto_a_node_the_commit_does_not_hold_shares_nothing(make_case):
@@ -37,6 +45,7 @@ def test_a_stream_onto_a_node_the_commit_does_not_hold_shares_nothing(make_case)
     assert any(WHILE_COMMIT in c for c in cells)
     assert not any(PMC in c for c in cells)
     assert not any(DROPS_BASE in c for c in cells)      # node3 stays: the commit merges node1-node2
+    assert not any(STARTED_ON in c or STILL_COPYING in c for c in cells)
 
 
 def test_two_streams_can_finish_together_unless_one_waits_for_the_other(make_case):
