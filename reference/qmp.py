@@ -334,7 +334,7 @@ def job_settled(job: Job) -> bool:
         return not (getattr(job, "should_complete", False) or job.cancelled)
     if job.status == "pending" and not job.auto_finalize:
         return True
-    return job.user_paused
+    return False       # a pause asked for, not yet reached: QEMU reports 'running' until the pause point
 
 
 def x_wait_jobs(m):
