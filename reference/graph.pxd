@@ -2,6 +2,8 @@
 # as extension types, so that their fields are C struct slots, not instance dicts.
 
 from reference.data cimport ImageData
+from reference.job cimport Job
+from reference cimport drain
 
 cdef class BlockDriverState:
     cdef public object m, node_name, drv, image_file, filename, exact_filename
@@ -17,6 +19,8 @@ cdef class BlockDriverState:
 cdef class BdrvChild:
     cdef public BlockDriverState bs
     cdef public object name, parent, frozen, stay_at_node
+    cdef public BlockDriverState parent_node
+    cdef public Job parent_job
     cdef public Py_ssize_t parent_quiesce_counter
 
 # the small helpers every walk and graph change calls: C calls within this module

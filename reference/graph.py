@@ -94,7 +94,8 @@ class BlockDriverState:
 class BdrvChild:
     """An edge from a parent (node, BlockBackend or job) to a child node."""
 
-    __slots__ = ("name", "parent", "bs", "frozen", "parent_quiesce_counter", "stay_at_node")
+    __slots__ = ("name", "parent", "bs", "frozen", "parent_quiesce_counter", "stay_at_node",
+                 "parent_node", "parent_job")
 
     def __init__(self, name: str, parent, bs: BlockDriverState):
         self.name = name
@@ -102,7 +103,12 @@ class BdrvChild:
         self.bs = bs
         self.frozen = False
         self.parent_quiesce_counter = 0
-        self.stay_at_node = parent.kind == "job"
+        kind = parent.kind
+        self.stay_at_node = kind == "job"
+        #: the parent again when it is a node or a job, else None (the drain walks
+        #: branch on these: typed fields, where ``parent`` can be any of three kinds)
+        self.parent_node = parent if kind == "node" else None
+        self.parent_job = parent if kind == "job" else None
 
     def __repr__(self) -> str:
         return f"<edge {parent_name(self.parent)} -{self.name}-> {self.bs.node_name}>"

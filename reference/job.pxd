@@ -7,3 +7,9 @@ cdef class Job:
     cdef public object on_error, speed, offset, len, co, sleep_timer, edges, blocker, main_bs
     cdef public object slice_quota, slice_start, slice_end, dispatched, freed, aborting_txn
     cdef public Py_ssize_t pause_count, in_flight
+
+    # what a drain asks of a job parent (drain.py): C calls
+    cpdef pause(self)
+    cpdef resume(self)
+    cpdef enter_cond(self, bint timer_ok)
+    cpdef bint drained_poll(self)
