@@ -20,7 +20,9 @@ cdef class BlockDriverState:
 
 cdef class BdrvChild:
     cdef public BlockDriverState bs
-    cdef public object name, parent, frozen, stay_at_node
+    cdef public str name
+    cdef public object parent
+    cdef public bint frozen, stay_at_node
     cdef public BlockDriverState parent_node
     cdef public Job parent_job
     cdef public Py_ssize_t parent_quiesce_counter

@@ -247,7 +247,7 @@ def bdrv_filter_or_cow_bs(bs: BlockDriverState | None) -> BlockDriverState | Non
         return None
     if bs.freed_at is not None:
         live(bs, "bdrv_filter_or_cow_bs")
-    want = FILTER_CHILD.get(bs.drv, "backing")
+    want = FILTER_CHILD[bs.drv] if bs.is_filter else "backing"    # a node's drv is fixed
     c: BdrvChild
     for c in bs.children:
         if c.name == want:

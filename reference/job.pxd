@@ -1,7 +1,7 @@
 # Cython declarations for job.py (used only by `make fast`): see graph.pxd. The job
 # types (stream, commit, mirror) stay Python subclasses with their own attributes.
 
-from reference.loop cimport Coroutine, Timer
+from reference.loop cimport Coroutine, Timer, Yield
 from reference.machine cimport Machine
 
 cdef class Job:

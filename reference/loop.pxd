@@ -17,7 +17,8 @@ cdef class AioContext:
     cpdef poll_while(self, cond, str what)
 
 cdef class Yield:
-    cdef public object kind, delay
+    cdef public str kind
+    cdef public object delay
 
 cdef class Coroutine:
     cdef public object gen, on_yield, on_return

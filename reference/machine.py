@@ -284,7 +284,7 @@ class Machine:
             if bs is base_overlay:
                 break
             child = None
-            want = _graph.FILTER_CHILD.get(bs.drv, "backing")
+            want = _graph.FILTER_CHILD[bs.drv] if bs.is_filter else "backing"
             for c in bs.children:
                 if c.name == want:
                     child = c
