@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 
 # -- parent callbacks (child_of_bds, child_job, child_root) ------------------
 #
-# An edge knows its parent's kind (``parent_node``, ``parent_job``, else a
-# BlockBackend): the walks below take that branch without asking the parent.
+# An edge knows its parent's kind (``parent_node``, ``parent_job``, ``parent_blk``):
+# the walks below take that branch without asking the parent.
 # The polls are in helpers of their own, entered only when there is something
 # to wait for (``poll_while`` returns at once otherwise), so that a walk that
 # does not poll builds no closure and no description.
@@ -43,7 +43,7 @@ def _parent_quiesce(c: BdrvChild) -> None:
     if job is not None:
         job.pause()
     else:
-        c.parent.quiesce_counter += 1
+        c.parent_blk.quiesce_counter += 1
 
 
 def _parent_drained_wait(c: BdrvChild, target) -> None:
@@ -61,7 +61,7 @@ def parent_drained_end_single(c: BdrvChild) -> None:
     if job is not None:
         job.resume()
         return
-    p = c.parent
+    p = c.parent_blk
     p.quiesce_counter -= 1
     if p.quiesce_counter == 0 and p.queued:
         queued, p.queued = p.queued, []
@@ -76,7 +76,7 @@ def _parent_drained_poll_single(c: BdrvChild) -> bool:
     job = c.parent_job
     if job is not None:
         return job.drained_poll()
-    return c.parent.in_flight > 0
+    return c.parent_blk.in_flight > 0
 
 
 def child_attach(c: BdrvChild) -> None:

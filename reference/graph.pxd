@@ -4,7 +4,7 @@
 from reference.data cimport ImageData
 from reference.job cimport Job
 from reference cimport drain
-from reference.machine cimport Machine
+from reference.machine cimport BlockBackend, Machine
 
 cdef class BlockDriverState:
     cdef public Machine m
@@ -25,6 +25,7 @@ cdef class BdrvChild:
     cdef public bint frozen, stay_at_node
     cdef public BlockDriverState parent_node
     cdef public Job parent_job
+    cdef public BlockBackend parent_blk
     cdef public Py_ssize_t parent_quiesce_counter
 
 # the small helpers every walk and graph change calls: C calls within this module

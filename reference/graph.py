@@ -95,7 +95,7 @@ class BdrvChild:
     """An edge from a parent (node, BlockBackend or job) to a child node."""
 
     __slots__ = ("name", "parent", "bs", "frozen", "parent_quiesce_counter", "stay_at_node",
-                 "parent_node", "parent_job")
+                 "parent_node", "parent_job", "parent_blk")
 
     def __init__(self, name: str, parent, bs: BlockDriverState):
         self.name = name
@@ -105,10 +105,12 @@ class BdrvChild:
         self.parent_quiesce_counter = 0
         kind = parent.kind
         self.stay_at_node = kind == "job"
-        #: the parent again when it is a node or a job, else None (the drain walks
-        #: branch on these: typed fields, where ``parent`` can be any of three kinds)
+        #: the parent again, in the field of its kind (node, job, BlockBackend), None in
+        #: the others: the drain walks branch on these typed fields, where ``parent``
+        #: can be any of the three
         self.parent_node = parent if kind == "node" else None
         self.parent_job = parent if kind == "job" else None
+        self.parent_blk = parent if kind == "bb" else None
 
     def __repr__(self) -> str:
         return f"<edge {parent_name(self.parent)} -{self.name}-> {self.bs.node_name}>"

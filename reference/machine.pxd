@@ -4,6 +4,11 @@
 
 from reference.loop cimport AioContext
 
+cdef class BlockBackend:
+    cdef public object name, root
+    cdef public Py_ssize_t quiesce_counter, in_flight
+    cdef public list queued
+
 cdef class Machine:
     cdef public AioContext aio
     cdef public dict named_nodes, images, blks, jobs, unthrottle
