@@ -447,7 +447,13 @@ def bdrv_set_backing_hd(bs: BlockDriverState, backing: BlockDriverState | None,
 
 
 def _would_cycle(bs, new) -> bool:
-    return any(n is bs for n in chain(new))
+    """Whether ``bs`` is in chain(new) (the same walk, without a generator)."""
+    n = new
+    while n is not None:
+        if n is bs:
+            return True
+        n = bdrv_filter_or_cow_bs(n)
+    return False
 
 
 def bdrv_replace_node(from_bs: BlockDriverState, to: BlockDriverState,
@@ -463,7 +469,7 @@ def bdrv_replace_node(from_bs: BlockDriverState, to: BlockDriverState,
         edges = [c for c in from_bs.parents]
         moving = []
         for c in edges:
-            if c.stay_at_node or (c.parent.kind == "node" and _would_cycle(c.parent, to)):
+            if c.stay_at_node or (c.parent_node is not None and _would_cycle(c.parent, to)):
                 if not auto_skip:
                     raise QMPError(f"Should not change '{c.name}' link to '{from_bs.node_name}'")
                 continue
