@@ -26,7 +26,10 @@ COMMIT_BUFFER_SIZE = 512 << 10
 
 class CommitJob(Job):
     job_type = "commit"
-    commit_top_bs = None
+
+    def __init__(self, m, job_id: str, main_bs, **kw):
+        self.commit_top_bs = None      # until the start function inserts it (holds() reads it)
+        super().__init__(m, job_id, main_bs, **kw)
 
     def filter_bs(self):
         return self.commit_top_bs
@@ -164,7 +167,10 @@ class MirrorCommitJob(Job):
 
     job_type = "commit"
 
-    mirror_top_bs = None
+
+    def __init__(self, m, job_id: str, main_bs, **kw):
+        self.mirror_top_bs = None      # until the start function inserts it (holds() reads it)
+        super().__init__(m, job_id, main_bs, **kw)
 
     def filter_bs(self):
         return self.mirror_top_bs

@@ -1,3 +1,4 @@
+# cython: annotation_typing=False
 """Image contents as extents (block/qcow2-cluster.c, block/raw-format.c, in outline).
 
 Each layer keeps sorted, disjoint runs ``(start, end, byte)``; a byte is

@@ -19,58 +19,79 @@ if TYPE_CHECKING:
 
 
 # -- parent callbacks (child_of_bds, child_job, child_root) ------------------
+#
+# An edge knows its parent's kind (``parent_node``, ``parent_job``, ``parent_blk``):
+# the walks below take that branch without asking the parent.
+# The polls are in helpers of their own, entered only when there is something
+# to wait for (``poll_while`` returns at once otherwise), so that a walk that
+# does not poll builds no closure and no description.
 
 def parent_drained_begin_single(c: BdrvChild, poll: bool, target=None) -> None:
+    _parent_quiesce(c)
+    if poll and _parent_drained_poll_single(c):
+        _parent_drained_wait(c, target)
+
+
+def _parent_quiesce(c: BdrvChild) -> None:
+    """bdrv_parent_drained_begin_single without the poll."""
     c.parent_quiesce_counter += 1
-    p = c.parent
-    if p.kind == "node":
-        _quiesce(p, None)
-    elif p.kind == "job":
-        p.pause()
+    node = c.parent_node
+    if node is not None:
+        _quiesce(node, None)
+        return
+    job = c.parent_job
+    if job is not None:
+        job.pause()
     else:
-        p.quiesce_counter += 1
-    if poll:
-        m = (target or c.bs).m
-        m.aio.poll_while(lambda: _parent_drained_poll_single(c), f"drain of '{c.name}' parent")
+        c.parent_blk.quiesce_counter += 1
+
+
+def _parent_drained_wait(c: BdrvChild, target) -> None:
+    m = (target or c.bs).m
+    m.aio.poll_while(lambda: _parent_drained_poll_single(c), f"drain of '{c.name}' parent")
 
 
 def parent_drained_end_single(c: BdrvChild) -> None:
     c.parent_quiesce_counter -= 1
-    p = c.parent
-    if p.kind == "node":
-        _unquiesce(p, None)
-    elif p.kind == "job":
-        p.resume()
-    else:
-        p.quiesce_counter -= 1
-        if p.quiesce_counter == 0 and p.queued:
-            queued, p.queued = p.queued, []
-            for request in queued:          # blk_root_drained_end: resubmit
-                c.bs.m.guest_write(*request)
+    node = c.parent_node
+    if node is not None:
+        _unquiesce(node, None)
+        return
+    job = c.parent_job
+    if job is not None:
+        job.resume()
+        return
+    p = c.parent_blk
+    p.quiesce_counter -= 1
+    if p.quiesce_counter == 0 and p.queued:
+        queued, p.queued = p.queued, []
+        for request in queued:          # blk_root_drained_end: resubmit
+            c.bs.m.guest_write(*request)
 
 
 def _parent_drained_poll_single(c: BdrvChild) -> bool:
-    p = c.parent
-    if p.kind == "node":
-        return _drain_poll(p, False, None)
-    if p.kind == "job":
-        return p.drained_poll()
-    return p.in_flight > 0
+    node = c.parent_node
+    if node is not None:
+        return _drain_poll(node, False, None)
+    job = c.parent_job
+    if job is not None:
+        return job.drained_poll()
+    return c.parent_blk.in_flight > 0
 
 
 def child_attach(c: BdrvChild) -> None:
     """bdrv_child_cb_attach: a new child inherits the parent's subtree drains."""
-    p = c.parent
-    if p.kind != "node":
+    p = c.parent_node
+    if p is None:
         return
     for _ in range(p.recursive_quiesce_counter):
-        _drained_begin(c.bs, True, c, poll=False)
+        _drained_begin(c.bs, True, c, False)
 
 
 def child_detach(c: BdrvChild) -> None:
     """bdrv_child_cb_detach: a removed child leaves the parent's subtree drains."""
-    p = c.parent
-    if p.kind != "node":
+    p = c.parent_node
+    if p is None:
         return
     for _ in range(p.recursive_quiesce_counter):
         _drained_end(c.bs, True, c)
@@ -85,11 +106,11 @@ def _quiesce(bs: BlockDriverState, ignore: BdrvChild | None) -> None:
     parents = bs.parents
     if len(parents) == 1:
         if parents[0] is not ignore:
-            parent_drained_begin_single(parents[0], poll=False)
+            _parent_quiesce(parents[0])
         return
     for c in list(parents):
         if c is not ignore:
-            parent_drained_begin_single(c, poll=False)
+            _parent_quiesce(c)
 
 
 def _unquiesce(bs: BlockDriverState, ignore: BdrvChild | None) -> None:
@@ -126,14 +147,18 @@ def _drained_begin(bs: BlockDriverState, recursive: bool, parent: BdrvChild | No
     if recursive:
         bs.recursive_quiesce_counter += 1
         for c in list(bs.children):
-            _drained_begin(c.bs, True, c, poll=False)
-    if poll:
-        bs.m.drain_depth += 1
-        try:
-            bs.m.aio.poll_while(lambda: _drain_poll(bs, recursive, parent),
-                                f"drain of '{bs.node_name}'")
-        finally:
-            bs.m.drain_depth -= 1
+            _drained_begin(c.bs, True, c, False)
+    if poll and _drain_poll(bs, recursive, parent):
+        _drain_wait(bs, recursive, parent)
+
+
+def _drain_wait(bs: BlockDriverState, recursive: bool, parent: BdrvChild | None) -> None:
+    m = bs.m
+    m.drain_depth += 1
+    try:
+        m.aio.poll_while(lambda: _drain_poll(bs, recursive, parent), f"drain of '{bs.node_name}'")
+    finally:
+        m.drain_depth -= 1
 
 
 def _drained_end(bs: BlockDriverState, recursive: bool, parent: BdrvChild | None) -> None:
@@ -147,7 +172,7 @@ def _drained_end(bs: BlockDriverState, recursive: bool, parent: BdrvChild | None
 
 
 def bdrv_drained_begin(bs: BlockDriverState) -> None:
-    _drained_begin(bs, False, None, poll=True)
+    _drained_begin(bs, False, None, True)
 
 
 def bdrv_drained_end(bs: BlockDriverState) -> None:
@@ -155,7 +180,7 @@ def bdrv_drained_end(bs: BlockDriverState) -> None:
 
 
 def bdrv_subtree_drained_begin(bs: BlockDriverState) -> None:
-    _drained_begin(bs, True, None, poll=True)
+    _drained_begin(bs, True, None, True)
 
 
 def bdrv_subtree_drained_end(bs: BlockDriverState) -> None:

@@ -94,7 +94,8 @@ class BlockDriverState:
 class BdrvChild:
     """An edge from a parent (node, BlockBackend or job) to a child node."""
 
-    __slots__ = ("name", "parent", "bs", "frozen", "parent_quiesce_counter", "stay_at_node")
+    __slots__ = ("name", "parent", "bs", "frozen", "parent_quiesce_counter", "stay_at_node",
+                 "parent_node", "parent_job", "parent_blk")
 
     def __init__(self, name: str, parent, bs: BlockDriverState):
         self.name = name
@@ -102,7 +103,14 @@ class BdrvChild:
         self.bs = bs
         self.frozen = False
         self.parent_quiesce_counter = 0
-        self.stay_at_node = parent.kind == "job"
+        kind = parent.kind
+        self.stay_at_node = kind == "job"
+        #: the parent again, in the field of its kind (node, job, BlockBackend), None in
+        #: the others: the drain walks branch on these typed fields, where ``parent``
+        #: can be any of the three
+        self.parent_node = parent if kind == "node" else None
+        self.parent_job = parent if kind == "job" else None
+        self.parent_blk = parent if kind == "bb" else None
 
     def __repr__(self) -> str:
         return f"<edge {parent_name(self.parent)} -{self.name}-> {self.bs.node_name}>"
@@ -241,7 +249,7 @@ def bdrv_filter_or_cow_bs(bs: BlockDriverState | None) -> BlockDriverState | Non
         return None
     if bs.freed_at is not None:
         live(bs, "bdrv_filter_or_cow_bs")
-    want = FILTER_CHILD.get(bs.drv, "backing")
+    want = FILTER_CHILD[bs.drv] if bs.is_filter else "backing"    # a node's drv is fixed
     c: BdrvChild
     for c in bs.children:
         if c.name == want:
@@ -439,7 +447,13 @@ def bdrv_set_backing_hd(bs: BlockDriverState, backing: BlockDriverState | None,
 
 
 def _would_cycle(bs, new) -> bool:
-    return any(n is bs for n in chain(new))
+    """Whether ``bs`` is in chain(new) (the same walk, without a generator)."""
+    n = new
+    while n is not None:
+        if n is bs:
+            return True
+        n = bdrv_filter_or_cow_bs(n)
+    return False
 
 
 def bdrv_replace_node(from_bs: BlockDriverState, to: BlockDriverState,
@@ -455,7 +469,7 @@ def bdrv_replace_node(from_bs: BlockDriverState, to: BlockDriverState,
         edges = [c for c in from_bs.parents]
         moving = []
         for c in edges:
-            if c.stay_at_node or (c.parent.kind == "node" and _would_cycle(c.parent, to)):
+            if c.stay_at_node or (c.parent_node is not None and _would_cycle(c.parent, to)):
                 if not auto_skip:
                     raise QMPError(f"Should not change '{c.name}' link to '{from_bs.node_name}'")
                 continue

@@ -1,13 +1,26 @@
 # Cython declarations for loop.py (used only by `make fast`): see graph.pxd.
 
 cdef class Timer:
-    cdef public object deadline, key, cb, armed, ctx
+    cdef public object deadline, key, cb
+    cdef public bint armed
+    cdef public AioContext ctx
+
+    cpdef cancel(self)
 
 cdef class AioContext:
-    cdef public object choose, max_steps, bhs, timers, now, steps, on_step, waiting
+    cdef public object choose, max_steps, now, on_step
+    cdef public list bhs, timers, waiting
+    cdef public Py_ssize_t steps
+
+    cpdef bh_schedule(self, str key, cb)
+    cpdef list _ready(self)
+    cpdef poll_while(self, cond, str what)
 
 cdef class Yield:
-    cdef public object kind, delay
+    cdef public str kind
+    cdef public object delay
 
 cdef class Coroutine:
-    cdef public object gen, running, done, on_yield, on_return
+    cdef public object gen, on_yield, on_return
+    cdef public bint running, done
+

@@ -94,7 +94,10 @@ class AioContext:
         if not ready:
             if not blocking or not self.timers:
                 return False
-            deadline = min(t.deadline for t in self.timers)
+            deadline = None         # the earliest (min() of the deadlines, without a generator)
+            for t in self.timers:
+                if deadline is None or t.deadline < deadline:
+                    deadline = t.deadline
             if until is not None and deadline > until:
                 return False
             self.now = deadline

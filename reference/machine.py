@@ -14,7 +14,8 @@ from typing import Callable, Iterable
 from reference.data import ImageData, merge_runs
 from reference.errors import ModelFault, QMPError
 from reference.drain import bdrv_drained_begin, bdrv_drained_end
-from reference.graph import (FILTER_CHILD, BlockDriverState, BdrvChild, bdrv_attach_child, bdrv_filter_or_cow_bs,
+from reference import graph as _graph
+from reference.graph import (BlockDriverState, BdrvChild, bdrv_attach_child, bdrv_filter_or_cow_bs,
                              bdrv_ref, bdrv_skip_filters, bdrv_unref, bdrv_unref_child, live)
 from reference.job import Job
 from reference.loop import AioContext
@@ -105,16 +106,22 @@ class Machine:
             self.cell(f"a {bs.drv} filter was freed by a job completion")
 
     def note_run_end(self, job: Job) -> None:
-        if any(j is not job and j.deferred_to_main_loop and not j.is_completed() for j in self.jobs.values()):
-            self.cell("two job completions were pending at once")
+        for j in self.jobs.values():
+            if j is not job and j.deferred_to_main_loop and not j.is_completed():
+                self.cell("two job completions were pending at once")
+                break
 
     def note_new_backing(self, backing: BlockDriverState) -> None:
         """A completion makes ``backing`` some node's backing child: if another unfinished
         job holds ``backing``, the two completions share a node (a potential
         communication, as Snowboard calls it: where races between them live)."""
-        if self.completing and any(j is not self.completing[-1] and not j.is_completed() and j.holds(backing)
-                                   for j in self.jobs.values()):
-            self.cell("a completion attached a node another unfinished job holds")
+        if not self.completing:
+            return
+        current = self.completing[-1]
+        for j in self.jobs.values():
+            if j is not current and not j.is_completed() and j.holds(backing):
+                self.cell("a completion attached a node another unfinished job holds")
+                break
 
     def note_completion_start(self, job: Job) -> None:
         if self.drain_depth > 0:
@@ -277,7 +284,7 @@ class Machine:
             if bs is base_overlay:
                 break
             child = None
-            want = FILTER_CHILD.get(bs.drv, "backing")
+            want = _graph.FILTER_CHILD[bs.drv] if bs.is_filter else "backing"
             for c in bs.children:
                 if c.name == want:
                     child = c

@@ -26,7 +26,10 @@ STREAM_CHUNK = 512 << 10
 
 class StreamJob(Job):
     job_type = "stream"
-    cor_filter_bs = None
+
+    def __init__(self, m, job_id: str, main_bs, **kw):
+        self.cor_filter_bs = None      # until the start function inserts it (holds() reads it)
+        super().__init__(m, job_id, main_bs, **kw)
 
     def filter_bs(self):
         return self.cor_filter_bs

@@ -1,0 +1,29 @@
+# Cython declarations for machine.py (used only by `make fast`): see graph.pxd. The
+# machine every node and job points at, as an extension type: its loop and its
+# bookkeeping are C struct slots, its note_* hooks C calls.
+
+from reference.loop cimport AioContext
+
+cdef class BlockBackend:
+    cdef public object name, root
+    cdef public Py_ssize_t quiesce_counter, in_flight
+    cdef public list queued
+
+cdef class Machine:
+    cdef public AioContext aio
+    cdef public dict named_nodes, images, blks, jobs, unthrottle
+    cdef public list job_order, events, completing, errors, trace
+    cdef public object bugs, cells, first_fault, top_node
+    cdef public Py_ssize_t cmd_index, drain_depth, auto_counter
+    cdef public bint opening
+
+    cpdef str step_label(self)
+    cpdef str stamp(self, str where)
+    cpdef bint bug(self, str bug_id)
+    cpdef event(self, str name, dict data)
+    cpdef cell(self, str name)
+    cpdef note_freed(self, bs)
+    cpdef note_run_end(self, job)
+    cpdef note_new_backing(self, backing)
+    cpdef note_completion_start(self, job)
+    cpdef note_completion_end(self, job)
