@@ -3,6 +3,7 @@
 # bookkeeping are C struct slots, its note_* hooks C calls.
 
 from reference.loop cimport AioContext
+from reference cimport graph as _graph
 
 cdef class BlockBackend:
     cdef public object name, root

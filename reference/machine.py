@@ -269,7 +269,7 @@ class Machine:
     def is_allocated_above(self, top, base_overlay, offset: int, n: int) -> tuple[bool, int]:
         """bdrv_is_allocated_above(top, base_overlay, include_base=true).
 
-        Hot path: walks the chain with plain attribute access (no helper calls)."""
+        Hot path: the next node is bdrv_filter_or_cow_bs's (a C call when compiled)."""
         bs = top
         while bs is not None:
             if bs.freed_at is not None:
@@ -283,13 +283,7 @@ class Machine:
                     n = pnum if pnum < n else n
             if bs is base_overlay:
                 break
-            child = None
-            want = _graph.FILTER_CHILD[bs.drv] if bs.is_filter else "backing"
-            for c in bs.children:
-                if c.name == want:
-                    child = c
-                    break
-            bs = child.bs if child is not None else None
+            bs = _graph.bdrv_filter_or_cow_bs(bs)
         return False, n
 
     def write(self, bs: BlockDriverState, start: int, end: int, runs) -> None:
