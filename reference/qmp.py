@@ -130,6 +130,7 @@ def qmp_block_stream(m, device, job_id=None, base=None, base_node=None, backing_
         base_bs = bdrv_lookup_bs(m, None, base_node)
         if bs is base_bs or not bdrv_chain_contains(bs, base_bs):
             raise QMPError(f"Node '{base_node}' is not a backing image of '{device}'")
+        bdrv_refresh_filename(base_bs)      # blockdev.c does, for the base's name below
     if bottom is not None:
         bottom_bs = bdrv_lookup_bs(m, None, bottom)
         if bottom_bs.is_filter:

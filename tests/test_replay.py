@@ -160,3 +160,13 @@ def test_seeds_must_be_positive(tmp_path, capsys, seeds):
     path = write(tmp_path / "c.json", case_dict())
     assert replay(capsys, path, "--seeds", seeds) == (
         2, [], f"blockfuzz: error: --seeds: expected a positive number of seeds, got {seeds}\n")
+
+
+def test_every_case_of_the_repositorys_corpus_replays_to_its_expectation(capsys):
+    """The regressions pin model fixes (QEMU's replies, letter for letter) and the
+    seed bug's verdicts: each one failing here is a fix undone."""
+    import glob
+    cases = glob.glob(os.path.join(REPO, "corpus", "**", "*.json"), recursive=True)
+    code, lines, _ = replay(capsys, os.path.join(REPO, "corpus"), "--seeds", "3")
+    assert [line for line in lines if not line.startswith("PASS")] == [f"{len(cases)} passed, 0 failed"]
+    assert code == 0
