@@ -129,10 +129,10 @@ class Swarm:
 def gen_swarm(source: ChoiceSource) -> Swarm:
     """Command kinds are on unless a choice says off; arguments and errors the other way round,
     so choices that run out (all 0) give every command and the plainest arguments."""
-    kinds = frozenset(k for _, k in COMMAND_TABLE if source.choose(2, f"gen:swarm:{k}") == 0)
-    arguments = frozenset(a for a in OPTIONAL_ARGUMENTS if source.choose(2, f"gen:swarm:{a}") == 1)
+    kinds = [k for k, label in SWARM_COMMANDS if source.choose(2, label) == 0]
+    arguments = [a for a, label in SWARM_ARGUMENTS if source.choose(2, label) == 1]
     errors = source.choose(2, "gen:swarm:errors") == 1
-    return Swarm(kinds or frozenset(k for _, k in COMMAND_TABLE), arguments, errors)
+    return Swarm(frozenset(kinds) if kinds else ALL_COMMANDS, frozenset(arguments), errors)
 
 
 @dataclass
@@ -213,20 +213,28 @@ def gen_images(source: ChoiceSource) -> list[Image]:
     raw_bottom = source.choose(4, "gen:bottom-raw") == 1
     images = []
     for i in range(count):
-        writes = tuple(gen_write(source, "gen:write") for _ in range(source.choose(3, "gen:writes")))
+        writes = [gen_write(source, "gen:write") for _ in range(source.choose(3, "gen:writes"))]
+        name = NODE_NAMES[i]
         if i == 0 and raw_bottom:
-            images.append(Image(f"node{i}", writes=writes, filename=f"node{i}.raw", format="raw"))
+            images.append(Image(name, writes=tuple(writes), filename=name + ".raw", format="raw"))
         else:
-            images.append(Image(f"node{i}", writes=writes, filename=f"node{i}.qcow2"))
+            images.append(Image(name, writes=tuple(writes), filename=QCOW2_FILENAMES[i]))
     return images
+
+
+#: the chain's node names and qcow2 filenames, made once (the generator's strings are
+#: per-run work that adds up: a case has five or six images)
+NODE_NAMES = tuple(f"node{i}" for i in range(max(IMAGE_COUNTS)))
+QCOW2_FILENAMES = tuple(f"{name}.qcow2" for name in NODE_NAMES)
 
 
 def gen_write(source: ChoiceSource, label: str) -> Write:
     """A cluster-aligned write of 1-4 clusters, inside the image."""
-    first = source.choose(CLUSTERS, label + ":offset")
-    clusters = 1 + source.choose(4, label + ":length")
+    offset, length_label, pattern_label = WRITE_LABELS[label]
+    first = source.choose(CLUSTERS, offset)
+    clusters = 1 + source.choose(4, length_label)
     length = min(clusters, CLUSTERS - first) * DEFAULT_CLUSTER_SIZE
-    pattern = 1 + source.choose(PATTERNS, label + ":pattern")
+    pattern = 1 + source.choose(PATTERNS, pattern_label)
     return Write(first * DEFAULT_CLUSTER_SIZE, length, pattern)
 
 
@@ -349,6 +357,13 @@ COMMAND_TABLE = (
     (6, "block-commit"), (6, "block-stream"), (3, "job-verb"), (2, "block-job-set-speed"),
     (2, "x-step"), (1, "x-wait-jobs"), (1, "x-guest-write"),
 )
+ALL_COMMANDS = frozenset(k for _, k in COMMAND_TABLE)
+#: each swarm decision's label, made once rather than per case
+SWARM_COMMANDS = tuple((k, f"gen:swarm:{k}") for _, k in COMMAND_TABLE)
+SWARM_ARGUMENTS = tuple((a, f"gen:swarm:{a}") for a in OPTIONAL_ARGUMENTS)
+#: a write's three labels, per label prefix
+WRITE_LABELS = {label: (label + ":offset", label + ":length", label + ":pattern")
+                for label in ("gen:write", "gen:guest-write")}
 #: weight factors while a commit's filter waits for a stream
 CONSUMER_BOOST = {"block-stream": 6}
 GENERATORS = {
