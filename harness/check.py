@@ -51,9 +51,13 @@ def check(case: "Case", observation: "Observation") -> Verdict:
     if finding is not None:
         return Verdict(finding.kind, finding.message, where=finding.where, violations=found)
     if not found:
-        return Verdict("ok")
+        return OK
     first = min(found, key=_rank)
     return Verdict(first.kind, first.message, where=first.where, violations=found)
+
+
+#: the verdict of most runs, made once: a Verdict is immutable
+OK = Verdict("ok")
 
 
 def _rank(violation: Violation) -> int:

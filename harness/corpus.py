@@ -19,6 +19,7 @@ from typing import Callable, Iterator
 
 from harness import case as case_mod
 from harness.case import Case
+from harness.check import OK, check
 
 SIGNATURE_PREFIX = "signature: "
 
@@ -36,6 +37,9 @@ class Outcome:
         return signature(self.kind, self.where)
 
 
+OK_OUTCOME = Outcome("ok")
+
+
 @dataclass(frozen=True)
 class StoredFinding:
     """A finding as the store reports it."""
@@ -51,9 +55,11 @@ class StoredFinding:
 
 
 def judge(case: Case, observation) -> Outcome:
-    """The verdict on one run (:func:`harness.check.check`) as the store keeps it."""
-    from harness.check import check
+    """The verdict on one run (:func:`harness.check.check`) as the store keeps it
+    (most runs are ok: their outcome is one immutable object, made once)."""
     verdict = check(case, observation)
+    if verdict is OK:
+        return OK_OUTCOME
     return Outcome(verdict.kind, verdict.where, verdict.message)
 
 
