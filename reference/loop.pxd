@@ -14,6 +14,7 @@ cdef class AioContext:
 
     cpdef bh_schedule(self, str key, cb)
     cpdef list _ready(self)
+    cpdef bint aio_poll(self, bint blocking, until=*)
     cpdef poll_while(self, cond, str what)
 
 cdef class Yield:

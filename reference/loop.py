@@ -85,11 +85,13 @@ class AioContext:
                 ready.append((t.key, t.cb, t))
         return ready
 
-    def aio_poll(self, blocking: bool, until: int | None = None) -> bool:
+    def aio_poll(self, blocking: bool, until=None) -> bool:
         """Run one ready item (the scheduler picks which); False if none could run.
 
         A blocking poll with nothing ready jumps virtual time to the earliest timer,
-        but not past ``until`` when given."""
+        but not past ``until`` (virtual ns) when given. A C call when compiled
+        (loop.pxd: poll_while and the backend's loop call it at every step); ``until``
+        has no ``int | None`` annotation, which Cython would take for a type."""
         ready = self._ready()
         if not ready:
             if not blocking or not self.timers:
