@@ -66,12 +66,18 @@ class Observation:
         return [n.node_name for n in self.chain if not (collapse_filters and n.is_filter)]
 
 
+#: a status -> the status that, right after it, folds the pair away (a dict lookup
+#: per status: every run's observation folds every job's sequence)
+_FOLDED = {"paused": "running", "standby": "ready"}
+
+
 def fold_drain_pairs(statuses: list[str]) -> list[str]:
     """Drop transient paused->running and standby->ready pairs (drain noise)."""
     out: list[str] = []
     for s in statuses:
-        if out and (out[-1], s) in (("paused", "running"), ("standby", "ready")):
+        if out and _FOLDED.get(out[-1]) == s:
             out.pop()
             continue
         out.append(s)
     return out
+

@@ -65,7 +65,7 @@ def _gather_options(bs: "BlockDriverState", overridden: bool) -> dict[str, Any]:
         if c.name != "backing" or overridden:
             opts[c.name] = c.bs.full_open_options
     if bs.image_file:                        # the protocol child, attached first
-        opts["file"] = {"driver": "file", "filename": bs.image_file}
+        opts["file"] = bs.file_options
     if overridden and bs.backing is None:
         opts["backing"] = None
     return opts

@@ -9,7 +9,7 @@ from reference.machine cimport BlockBackend, Machine
 cdef class BlockDriverState:
     cdef public Machine m
     cdef public str node_name, drv, image_file, filename, exact_filename
-    cdef public object full_open_options, auto_backing_file, auto_backing_relative
+    cdef public object full_open_options, file_options, auto_backing_file, auto_backing_relative
     cdef public ImageData data
     cdef public bint read_only, implicit, is_filter, never_freeze
     cdef public list children, parents, op_blockers

@@ -38,6 +38,9 @@ class BlockDriverState:
         self.node_name = node_name
         self.drv = drv
         self.image_file = filename          # the protocol child's file name: fixed
+        #: the protocol child's options, as bdrv_refresh_filename gathers them: fixed
+        #: too, so made once and shared by every refresh (nothing changes them)
+        self.file_options = {"driver": "file", "filename": filename} if filename else None
         self.filename = filename            # bs->filename: a cache, see reference.filename
         self.exact_filename = filename
         self.full_open_options: dict | None = None

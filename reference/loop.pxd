@@ -13,7 +13,8 @@ cdef class AioContext:
     cdef public Py_ssize_t steps
 
     cpdef bh_schedule(self, str key, cb)
-    cpdef list _ready(self)
+    cpdef list _due(self)
+    cpdef bint aio_poll(self, bint blocking, until=*)
     cpdef poll_while(self, cond, str what)
 
 cdef class Yield:

@@ -75,23 +75,27 @@ class AioContext:
 
     # -- running -------------------------------------------------------------
 
-    def _ready(self) -> list[tuple]:
-        """What can run now: the BHs in scheduling order, then the due timers in
-        arming order."""
+    def _due(self) -> list[Timer]:
+        """The timers due now, in arming order."""
         now = self.now
-        ready: list[tuple] = [(k, cb, None) for k, cb in self.bhs]
-        for t in self.timers:
-            if t.deadline <= now:
-                ready.append((t.key, t.cb, t))
-        return ready
+        return [t for t in self.timers if t.deadline <= now]
 
-    def aio_poll(self, blocking: bool, until: int | None = None) -> bool:
+    def aio_poll(self, blocking: bool, until=None) -> bool:
         """Run one ready item (the scheduler picks which); False if none could run.
 
-        A blocking poll with nothing ready jumps virtual time to the earliest timer,
-        but not past ``until`` when given."""
-        ready = self._ready()
-        if not ready:
+        What is ready: the BHs in scheduling order, then the due timers in arming
+        order; the scheduler is offered their keys. A blocking poll with nothing ready
+        jumps virtual time to the earliest timer, but not past ``until`` (virtual ns)
+        when given.
+
+        A C call when compiled (loop.pxd: poll_while and the backend's loop call it at
+        every step), and it builds no list of what is ready beyond the keys: the
+        chosen BH is taken out by its index (an equal BH before it would run the same
+        callback). ``until`` has no ``int | None`` annotation, which Cython would take
+        for a type."""
+        bhs = self.bhs
+        due = self._due()
+        if not bhs and not due:
             if not blocking or not self.timers:
                 return False
             deadline = None         # the earliest (min() of the deadlines, without a generator)
@@ -101,14 +105,14 @@ class AioContext:
             if until is not None and deadline > until:
                 return False
             self.now = deadline
-            ready = self._ready()
-        if len(ready) == 1:
-            key, cb, timer = ready[0]
+            due = self._due()
+        n = len(bhs) + len(due)
+        i = 0 if n == 1 else self.choose(n, "poll", [bh[0] for bh in bhs] + [t.key for t in due])
+        if i < len(bhs):
+            key, cb = bhs.pop(i)
         else:
-            key, cb, timer = ready[self.choose(len(ready), "poll", [r[0] for r in ready])]
-        if timer is None:
-            self.bhs.remove((key, cb))
-        else:
+            timer = due[i - len(bhs)]
+            key, cb = timer.key, timer.cb
             timer.cancel()
         self.steps += 1
         if self.steps > self.max_steps:

@@ -28,3 +28,6 @@ cdef class Machine:
     cpdef note_new_backing(self, backing)
     cpdef note_completion_start(self, job)
     cpdef note_completion_end(self, job)
+    # the data path, recursive down the chain and called back by copy-on-write: C calls
+    cpdef list read(self, _graph.BlockDriverState bs, start, end)
+    cpdef write(self, _graph.BlockDriverState bs, start, end, runs)

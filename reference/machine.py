@@ -9,6 +9,7 @@ inside a drain", ...): Antithesis-style "sometimes" events.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable, Iterable
 
 from reference.data import ImageData, merge_runs
@@ -248,8 +249,12 @@ class Machine:
 
     # -- data path ------------------------------------------------------------------
 
-    def read(self, bs: BlockDriverState | None, start: int, end: int) -> list[tuple[int, int, int]]:
-        """What a read of [start, end) through ``bs`` returns (zeros past the chain)."""
+    def read(self, bs: BlockDriverState | None, start, end) -> list[tuple[int, int, int]]:
+        """What a read of [start, end) through ``bs`` returns (zeros past the chain).
+
+        ``read`` and ``write`` are C calls when compiled (machine.pxd): a read recurses
+        down the chain and a write's copy-on-write reads below. Their offsets carry no
+        ``int`` annotation, which Cython would take for a type the .pxd does not say."""
         if bs is None or start >= end:
             return [(start, end, 0)] if start < end else []
         live(bs, "bdrv_co_preadv")
@@ -286,11 +291,12 @@ class Machine:
             bs = _graph.bdrv_filter_or_cow_bs(bs)
         return False, n
 
-    def write(self, bs: BlockDriverState, start: int, end: int, runs) -> None:
-        """A write into a format node (cluster allocation with copy-on-write)."""
+    def write(self, bs: BlockDriverState, start, end, runs) -> None:
+        """A write into a format node (cluster allocation with copy-on-write). The read
+        below is a ``partial``: a compiled method (cpdef) can build no closure."""
         live(bs, "bdrv_co_pwritev")
         below = bdrv_filter_or_cow_bs(bs)
-        bs.data.write(start, end, runs, lambda s, e: self.read(below, s, e))
+        bs.data.write(start, end, runs, partial(self.read, below))
 
     def copy_on_read(self, bs: BlockDriverState, offset: int, n: int) -> None:
         """The copy-on-read filter copies what the backing chain shows into the parts
