@@ -44,6 +44,7 @@ from harness.choices import PCTSource, RandomSource, pct_bound
 from harness.corpus import FindingStore, Outcome, StoredFinding, iter_cases, judge
 from harness.errors import UsageError
 from harness.generate import run_generated
+from harness.learning import RecentShares
 
 ENGINES = ("random", "pct", "hypothesis", "atheris")
 DEFAULT_RUNS = 1000
@@ -141,6 +142,7 @@ class Campaign:
         self.stats = Stats()
         self.signatures: set[str] = set()
         self.stopped = False
+        self.recent = RecentShares()        # pct: what is rare among recent runs
 
     def done(self) -> bool:
         return self.stopped or self.config.budget.spent(self.stats.runs, self.stats.elapsed)
@@ -150,7 +152,9 @@ class Campaign:
         self.stats.runs += 1
         cells = observation.extra.get("cells", ())
         if self.config.engine == "pct":      # only its learning asks how rare a cell is
-            self.stats.cell_runs.update(scenarios(cells))
+            features = scenarios(cells)
+            self.stats.cell_runs.update(features)
+            self.recent.add(features)
         new = self.stats.cells.add(cells, self.stats.runs)
         if self.sink is not None and new:
             self.sink(("cells", new))
@@ -164,12 +168,13 @@ class Campaign:
         self.stats.pct_steps = max(self.stats.pct_steps, source.steps)
 
     def rarest_share(self, observation) -> float | None:
-        """The share of runs so far that reached this run's rarest cell or pair of cells
+        """The share of recent runs (:class:`~harness.learning.RecentShares`, older runs
+        weigh less) that reached this run's rarest cell or pair of cells
         (:func:`scenarios`; None: no cell)."""
         cells = observation.extra.get("cells", ())
-        if not cells or not self.stats.runs:
+        if not cells:
             return None
-        return min(self.stats.cell_runs[x] for x in scenarios(cells)) / self.stats.runs
+        return self.recent.rarest(scenarios(cells))
 
     @staticmethod
     def focus_energy(share: float | None) -> int:
@@ -293,7 +298,40 @@ def run_pct(c: Campaign, first: int = 0, stride: int = 1) -> None:
     a commit's filter comes at a median 86 runs and the bug some 65 runs later; of the
     runs where stream_prepare's base is a node a commit still copying will drop, the
     bug shows in 79 % when the commit has nothing left to copy, 28 % with one chunk
-    left and 6 % with more (3 campaigns of 1,500 runs)."""
+    left and 6 % with more (3 campaigns of 1,500 runs).
+
+    Later, over 200 campaigns a form against 140.5 / 140 (compiled model with the
+    base-node filename refresh; run counts as before it), all dropped: focus runs with
+    PCT's k the case's own count of graph-relevant decisions (its first run's, mostly
+    0-3) rather than the campaign's largest (10-15): 149.5 / 146.5; focus that probes
+    8 schedules first and earns more only when one reaches a cell rarer than the case
+    had: 145.5 / 150.5; depths cycling 1..2 instead of 1..3: 174.5 / 150; every keyed
+    decision between two or more threads counted as a PCT step: 145.5 / 141;
+    MAX_WEIGHT 30 or 400, or triples of cells besides pairs: 140.5 / 140 each (the
+    medians unmoved, the means within 2 %). PCT's knobs move little because the
+    seed bug's one preemption (minimized: the stream's timer before the commit's
+    I/O) is a decision PCT does not count as a step: the threads' priorities set it,
+    not change points. Only 139 of 1,820 focus runs (20 campaigns) repeated a
+    schedule their case had already run, so deduplicating them cannot pay. Phases
+    at this point, no-drain, 40 campaigns, median run of the first: "a stream
+    started with a base a pending commit will drop" 41.5, "stream_prepare's base is
+    a node a pending commit will drop" 80, "... still copying ..." 109, "... at most
+    one chunk left ..." 119, the finding 147, 48.5 of those runs focus runs.
+    Focus only for cases whose run took a graph-relevant decision (83 % of pct's runs
+    take none) looked good on the seed bug, 128 / 114.5 (means 171 / 158 against 201 /
+    187; Â12 0.54 / 0.55, p 0.15 / 0.09), a quarter of the energy for the others 116 /
+    114.5, but it costs another bug: crash@commit_abort (no-never-freeze, seeds 0-11,
+    8,000 runs at most) went from a median 2,181 runs, all found, to 3,765 with three
+    not found (a quarter: 3,318, two not found); its cases need their delays varied,
+    not their completions reordered.
+
+    Rarity now weighs runs by age (:class:`harness.learning.RecentShares`, half-life 300
+    runs). Tried with it and dropped, over 200 campaigns (seeds 0-199) against 131 /
+    122.5 with it and 140.5 / 140 without: rarity counted over generated runs only,
+    focus runs left out (without the weighing, over 40: 172.5 / 155.5 against 147 /
+    145.5); depths cycling 1..2 or 1..4 (without the weighing: 174.5 / 150, 169.5 /
+    146); focus only for cases whose run took a graph-relevant decision, on top (151.5
+    / 138: the two do not add up, each alone is a gain of the size of the noise)."""
     from harness.learning import GrammarModel, LearnedPCTSource
     model = GrammarModel()
     index = first

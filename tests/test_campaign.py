@@ -17,6 +17,7 @@ from harness.choices import RandomSource
 from harness.cli import main
 from harness.corpus import Outcome
 from harness.generate import run_generated
+from harness.learning import RecentShares
 
 NO_DRAIN = "stream-prepare-no-drain"
 REF_ONLY = "stream-prepare-ref-only"
@@ -83,14 +84,14 @@ def test_a_pct_campaign_prints_its_bound(capsys, tmp_path):
 
 def test_pct_focus_spends_more_runs_on_rarer_cells():
     c = Campaign(Config(engine="pct"))
-    c.stats.runs = 1000
-    c.stats.cell_runs.update({"common": 500, "rare": 5})
+    recent = c.recent = RecentShares(half_life=1e12)       # every run weighs the same
+    for i in range(1000):
+        recent.add(["common"] * (i % 2 == 0) + ["rare"] * (i < 5) + ["less rare"] * (i < 50))
     energy = lambda cells: c.focus_energy(c.rarest_share(type("O", (), {"extra": {"cells": cells}})()))  # noqa: E731
     assert energy([]) == 0
     assert energy(["common"]) == 0
     assert energy(["common", "rare"]) == campaign.FOCUS_MAX
-    c.stats.cell_runs["rare"] = 50
-    assert energy(["rare"]) == 4
+    assert energy(["less rare"]) == 4
 
 
 def test_a_rare_pair_of_common_cells_makes_a_run_rare():
@@ -102,8 +103,26 @@ def test_a_rare_pair_of_common_cells_makes_a_run_rare():
     for cells in (["a"], ["b"], ["a", "b"], ["a"], ["b"]):
         c.observe(None, run(cells), Outcome("ok", "", ""))
     assert c.stats.cell_runs == {"a": 3, "b": 3, ("a", "b"): 1}
-    assert c.rarest_share(run(["b", "a"])) == 1 / 5
-    assert c.rarest_share(run(["a"])) == 3 / 5
+    assert c.rarest_share(run(["b", "a"])) == pytest.approx(1 / 5, rel=0.01)
+    assert c.rarest_share(run(["a"])) == pytest.approx(3 / 5, rel=0.01)
+
+
+def test_pct_calls_rare_what_recent_runs_rarely_reached():
+    """What the grammar has learned to reach stops being rare, however rare it was
+    early in the campaign: shares weigh runs by age (half-life HALF_LIFE runs)."""
+    c = Campaign(Config(engine="pct"))
+    run = lambda cells: type("O", (), {"extra": {"cells": cells}})()  # noqa: E731
+    for i in range(3000):                # "learned" reached by one run in 100, then every other
+        cells = ["learned"] if (i % 100 == 0 if i < 1000 else i % 2 == 0) else ["other"]
+        c.observe(None, run(cells), Outcome("ok", "", ""))
+    assert c.stats.cell_runs["learned"] / c.stats.runs < 0.35          # counted since the start
+    assert c.rarest_share(run(["learned"])) == pytest.approx(0.5, abs=0.05)
+    assert c.focus_energy(c.rarest_share(run(["learned"]))) == 0
+    shares = RecentShares(half_life=10)
+    for i in range(100_000):              # weights are rescaled before they overflow
+        shares.add(["x"] if i % 4 == 0 else [])
+    assert shares.rarest(["x"]) == pytest.approx(0.25, abs=0.05)
+    assert shares.rarest([]) is None and RecentShares().rarest(["x"]) is None
 
 
 def test_cell_feedback_gives_each_cell_and_pair_a_counter_of_its_own():
