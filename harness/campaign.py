@@ -98,7 +98,6 @@ class Stats:
     pct_threads: int = 0
     pct_steps: int = 0
     focus_runs: int = 0
-    cell_runs: Counter = field(default_factory=Counter)   # pct: cell or pair of cells -> runs that reached it
 
     @property
     def elapsed(self) -> float:
@@ -152,9 +151,7 @@ class Campaign:
         self.stats.runs += 1
         cells = observation.extra.get("cells", ())
         if self.config.engine == "pct":      # only its learning asks how rare a cell is
-            features = scenarios(cells)
-            self.stats.cell_runs.update(features)
-            self.recent.add(features)
+            self.recent.add(scenarios(cells))
         new = self.stats.cells.add(cells, self.stats.runs)
         if self.sink is not None and new:
             self.sink(("cells", new))

@@ -80,4 +80,3 @@ def fold_drain_pairs(statuses: list[str]) -> list[str]:
             continue
         out.append(s)
     return out
-

@@ -86,12 +86,7 @@ def _well_formed(args: dict[str, Any], required: tuple[str, ...], spec: dict[str
             return False
     for key, value in args.items():
         typ = spec.get(key)
-        if typ is None:
-            return False
-        if typ == E:
-            if not (isinstance(value, str) and value in ON_ERROR):
-                return False
-        elif not _type_ok(value, typ):
+        if typ is None or not _type_ok(value, typ):
             return False
     return True
 
@@ -116,6 +111,9 @@ def _first_error(args: dict[str, Any], required: tuple[str, ...], spec: dict[str
 
 
 def _type_ok(value, typ: str) -> bool:
+    """Whether ``value`` is a valid ``typ`` (an enum's value one of its members)."""
+    if typ == E:
+        return isinstance(value, str) and value in ON_ERROR
     if typ == S:
         return isinstance(value, str)
     if typ == B:
