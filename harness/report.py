@@ -227,7 +227,7 @@ def run_to_end(m, case: Case, choices: ChoiceSource) -> Exception | None:
     try:
         run_commands(m, case, Observation(), choices)
     except Exception as exc:         # a model fault or a crash of the model: stop at that moment
-        return m.first_fault or exc
+        return exc
     return None
 
 

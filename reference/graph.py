@@ -64,6 +64,7 @@ class BlockDriverState:
         self.freed_at: str | None = None
         self.cor_bottom: BlockDriverState | None = None
         self.mirror_job = None              # a mirror_top filter's job (MirrorBDSOpaque.job)
+        m.all_nodes.append(self)            # for Machine.release
 
     def __repr__(self) -> str:
         return f"<{self.drv} {self.node_name}{' (freed)' if self.freed_at else ''}>"

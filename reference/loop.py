@@ -176,7 +176,10 @@ class Coroutine:
         except StopIteration as stop:
             self.running = False
             self.done = True
-            self.on_return(stop.value)
+            on_return = self.on_return
+            # finished: it lets go of its owner, whose callbacks these are
+            self.gen = self.on_yield = self.on_return = None
+            on_return(stop.value)
             return
         self.running = False
         self.on_yield(directive)

@@ -13,8 +13,8 @@ cdef class BlockBackend:
 cdef class Machine:
     cdef public AioContext aio
     cdef public dict named_nodes, images, blks, jobs, unthrottle
-    cdef public list job_order, events, completing, errors, trace
-    cdef public object bugs, cells, first_fault, top_node
+    cdef public list job_order, events, completing, errors, trace, all_nodes
+    cdef public object bugs, cells, top_node
     cdef public Py_ssize_t cmd_index, drain_depth, auto_counter
     cdef public bint opening
 

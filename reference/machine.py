@@ -43,6 +43,7 @@ class Machine:
     def __init__(self, choose: Callable, bugs: Iterable[str] = (), trace: bool = False):
         self.aio = AioContext(choose)
         self.named_nodes: dict[str, BlockDriverState] = {}
+        self.all_nodes: list[BlockDriverState] = []         # every node made, freed or not
         self.images: dict[str, BlockDriverState] = {}      # filename -> image node
         self.blks: dict[str, BlockBackend] = {}
         self.jobs: dict[str, Job] = {}
@@ -59,11 +60,37 @@ class Machine:
         self.completing: list[Job] = []
         self.auto_counter = 0
         self.errors: list[str] = []
-        self.first_fault: ModelFault | None = None
         self.top_node: BlockDriverState | None = None
         self.trace: list[str] | None = [] if trace else None
         if trace:
             self.aio.on_step = lambda key: self.trace.append(f"{self.step_label()} run {key}")
+
+    def release(self) -> None:
+        """Break the run's reference cycles once it has been observed: edges and the
+        nodes and parents they join, nodes and jobs and the machine they point at, the
+        loop's pending callbacks. The run's objects are then freed by reference
+        counting as it returns, not by the cyclic garbage collector some runs later
+        (which traced each of them, and the live objects of the runs in between, to
+        find them). The machine is not usable afterwards."""
+        for bs in self.all_nodes:
+            for c in bs.parents:        # every edge is some node's parent edge
+                _cut(c)
+            bs.children = []
+            bs.parents = []
+            bs.m = None
+            bs.cor_bottom = None
+            bs.mirror_job = None
+        self.all_nodes = []
+        for job in self.jobs.values():
+            job.co = None
+            job.sleep_timer = None
+            job.edges = []
+        self.jobs = {}
+        self.completing = []
+        aio = self.aio
+        aio.bhs = []
+        aio.timers = []
+        aio.on_step = None
 
     # -- bookkeeping ------------------------------------------------------------
 
@@ -369,3 +396,8 @@ def id_wellformed(s: str) -> bool:
     if not s or not s[0].isascii() or not s[0].isalpha():
         return False
     return all(ch.isascii() and (ch.isalnum() or ch in "-._") for ch in s)
+
+
+def _cut(c: BdrvChild) -> None:
+    c.parent = c.parent_node = c.parent_job = c.parent_blk = None
+    c.bs = None

@@ -81,14 +81,14 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
         build(m, case)
         run_commands(m, case, obs, source)
     except ModelFault as fault:
-        first = m.first_fault or fault
-        obs.finding = Finding(first.kind, str(first), first.where, m.cmd_index)
+        obs.finding = Finding(fault.kind, str(fault), fault.where, m.cmd_index)
     except Exception as exc:  # a bug in the model itself
         tb = traceback.extract_tb(exc.__traceback__)[-1]
         obs.finding = Finding("crash", f"{type(exc).__name__}: {exc}",
                               f"{tb.name}:{type(exc).__name__}", m.cmd_index)
     _observe(m, obs)
     obs.choices = list(source.recorded)
+    m.release()
     return obs
 
 

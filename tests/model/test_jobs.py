@@ -157,3 +157,31 @@ def test_same_seed_same_run_and_recorded_replay_is_exact():
     assert a.trace == b.trace and a.choices == b.choices and a.events == b.events
     c = run_case(case, RecordedSource(a.choices), trace=True)
     assert c.trace == a.trace
+
+
+def test_a_finished_run_leaves_no_cycles_for_the_garbage_collector():
+    """Machine.release breaks the run's cycles (edges, nodes and jobs pointing back
+    at the machine, coroutines at their jobs, a fault's traceback), so a run's
+    objects are freed as it returns: none is left for the cyclic collector."""
+    import gc
+
+    from harness.case import load
+    from harness.generate import run_generated
+    from reference.graph import BlockDriverState, BdrvChild
+    from reference.job import Job
+    from reference.machine import Machine
+
+    model_types = (Machine, BlockDriverState, BdrvChild, Job)
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        kinds = {run_generated(RandomSource(seed), ())[2].kind for seed in range(200)}
+        uaf = load("corpus/regressions/overlapping_5-stream-prepare-no-drain.json")
+        kinds.add(run_case(uaf).finding.kind)
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage if isinstance(o, model_types)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+    assert {"ok", "use-after-free"} <= kinds    # faulting runs are among them
+    assert left == []
