@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from statistics import mean, median
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree's harness
 
 from harness.bench import ENGINE_BUGS
 from harness.campaign import time_to_first_finding
