@@ -1,0 +1,64 @@
+"""Time to first finding of each seed-bug form over many campaigns (seeds FIRST..FIRST+N-1).
+
+    python scripts/ttff.py --engine pct --seeds 200 [--first 0] [--out runs.json] [--against old.json]
+
+Prints per form the median and mean runs and seconds; with ``--against`` (an earlier
+``--out``), Â12 and the Mann-Whitney p-value on runs against it (above 0.5: fewer
+runs now). The bench's ``--trials 40`` takes seeds 0-39 only, which are noisy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from statistics import mean, median
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree's harness
+
+from harness.bench import ENGINE_BUGS
+from harness.campaign import time_to_first_finding
+from harness.stats import a12, mann_whitney_p
+
+
+def measure(engine: str, seeds: range, max_runs: int) -> dict:
+    """Per form: the runs and seconds of each campaign (``max_runs`` when nothing was found)."""
+    out = {}
+    for bug, kind in ENGINE_BUGS:
+        trials = [time_to_first_finding(engine, bug, s, max_runs, kind) for s in seeds]
+        out[bug] = {"runs": [r if v == kind else max_runs for r, _, v in trials],
+                    "seconds": [t for _, t, _ in trials],
+                    "missed": sum(v != kind for _, _, v in trials)}
+    return out
+
+
+def report(result: dict, against: dict | None) -> None:
+    for bug, r in result.items():
+        line = (f"{bug:26} median {median(r['runs']):7.1f} runs  mean {mean(r['runs']):7.1f}  "
+                f"median {median(r['seconds']):.3f} s  mean {mean(r['seconds']):.3f} s  missed {r['missed']}")
+        if against and bug in against:
+            old = against[bug]["runs"]
+            line += (f"  | before {median(old):.1f} / {mean(old):.1f}"
+                     f"  A12 {a12(r['runs'], old):.2f}  p {mann_whitney_p(r['runs'], old):.3f}")
+        print(line, flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--engine", default="pct")
+    p.add_argument("--seeds", type=int, default=200)
+    p.add_argument("--first", type=int, default=0)
+    p.add_argument("--max-runs", type=int, default=40000)
+    p.add_argument("--out")
+    p.add_argument("--against")
+    args = p.parse_args()
+    result = measure(args.engine, range(args.first, args.first + args.seeds), args.max_runs)
+    against = json.load(open(args.against)) if args.against else None
+    report(result, against)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main()
