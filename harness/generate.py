@@ -105,6 +105,35 @@ def _remember(cache: dict, key: Any, entry: tuple) -> tuple:
     return entry
 
 
+_new = object.__new__
+_set_attribute = object.__setattr__
+
+
+def _record(cls: type, fields: dict) -> Any:
+    """What ``cls(**fields)`` makes, for a dataclass ``cls`` and ``fields`` naming every
+    field in declaration order: an instance whose ``__dict__`` is ``fields``. A frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__`` (an image:
+    six, and ``__post_init__``), which cost the generator more than its choices; a
+    case builds some twenty records (``tests/test_generate.py`` checks they equal the
+    constructors')."""
+    record = _new(cls)
+    _set_attribute(record, "__dict__", fields)
+    return record
+
+
+def _image(name: str, writes: tuple, filename: str, format: str) -> Image:
+    return _record(Image, {"node_name": name, "size": DEFAULT_SIZE, "cluster_size": DEFAULT_CLUSTER_SIZE,
+                           "writes": writes, "filename": filename, "format": format})
+
+
+def _write(offset: int, length: int, pattern: int) -> Write:
+    return _record(Write, {"offset": offset, "length": length, "pattern": pattern})
+
+
+def _command(execute: str, arguments: dict) -> Command:
+    return _record(Command, {"execute": execute, "arguments": arguments})
+
+
 def pick(source: ChoiceSource, label: str, values: Sequence[T]) -> T:
     """One of ``values``, uniformly."""
     return values[source.choose(len(values), label)]
@@ -132,7 +161,8 @@ def gen_swarm(source: ChoiceSource) -> Swarm:
     kinds = [k for k, label in SWARM_COMMANDS if source.choose(2, label) == 0]
     arguments = [a for a, label in SWARM_ARGUMENTS if source.choose(2, label) == 1]
     errors = source.choose(2, "gen:swarm:errors") == 1
-    return Swarm(frozenset(kinds) if kinds else ALL_COMMANDS, frozenset(arguments), errors)
+    return _record(Swarm, {"commands": frozenset(kinds) if kinds else ALL_COMMANDS,
+                           "arguments": frozenset(arguments), "errors": errors})
 
 
 @dataclass
@@ -170,6 +200,13 @@ class Resources:
         return argument in self.swarm.arguments
 
 
+def _resources(nodes: list[str], filenames: list[str], drive: str | None, swarm: Swarm) -> Resources:
+    """``Resources(nodes, filenames, drive, swarm)`` (:func:`_record`)."""
+    return _record(Resources, {"nodes": nodes, "filenames": filenames, "drive": drive, "swarm": swarm,
+                               "filters": [], "jobs": [], "stale_jobs": [], "cut_nodes": [],
+                               "commit_tops": [], "commit_filters": []})
+
+
 def _without(table: tuple[tuple[int, T], ...], errors: tuple[T, ...]) -> tuple[tuple[int, T], ...]:
     return tuple((w, v) for w, v in table if v not in errors)
 
@@ -192,16 +229,16 @@ def generate_with_spans(source: ChoiceSource, bugs: Sequence[str] = ()) -> Gener
     """:func:`generate`, also telling which choices each command consumed."""
     images = gen_images(source)
     drive = None if source.choose(8, "gen:drive") == 1 else DRIVE
-    res = Resources(nodes=[i.node_name for i in images], filenames=[i.filename for i in images],
-                    drive=drive, swarm=gen_swarm(source))
+    res = _resources([i.node_name for i in images], [i.filename for i in images], drive, gen_swarm(source))
     count = weighted(source, "gen:commands", COMMAND_COUNT_TABLE)
     commands, spans = [], []
     for _ in range(count):
         start = len(source.recorded)
         commands.append(gen_command(source, res))
         spans.append((start, len(source.recorded)))
-    case = Case(images=tuple(images), commands=tuple(commands), drive=drive, bugs=tuple(bugs),
-                schedule={"choices": []}, description="generated")
+    case = _record(Case, {"images": tuple(images), "commands": tuple(commands), "drive": drive,
+                          "bugs": tuple(bugs), "schedule": {"choices": []}, "expect": None,
+                          "description": "generated", "path": None})
     return Generated(case, spans, len(source.recorded))
 
 
@@ -216,9 +253,9 @@ def gen_images(source: ChoiceSource) -> list[Image]:
         writes = [gen_write(source, "gen:write") for _ in range(source.choose(3, "gen:writes"))]
         name = NODE_NAMES[i]
         if i == 0 and raw_bottom:
-            images.append(Image(name, writes=tuple(writes), filename=name + ".raw", format="raw"))
+            images.append(_image(name, tuple(writes), name + ".raw", "raw"))
         else:
-            images.append(Image(name, writes=tuple(writes), filename=QCOW2_FILENAMES[i]))
+            images.append(_image(name, tuple(writes), QCOW2_FILENAMES[i], "qcow2"))
     return images
 
 
@@ -235,7 +272,7 @@ def gen_write(source: ChoiceSource, label: str) -> Write:
     clusters = 1 + source.choose(4, length_label)
     length = min(clusters, CLUSTERS - first) * DEFAULT_CLUSTER_SIZE
     pattern = 1 + source.choose(PATTERNS, pattern_label)
-    return Write(first * DEFAULT_CLUSTER_SIZE, length, pattern)
+    return _write(first * DEFAULT_CLUSTER_SIZE, length, pattern)
 
 
 # -- commands -------------------------------------------------------------------
@@ -277,7 +314,7 @@ def gen_block_commit(source: ChoiceSource, res: Resources) -> Command:
         res.commit_filters.append((top, args["filter-node-name"]))
     low = 0 if base is None else base + 1
     res.cut_nodes.extend(n for n in res.nodes[low:top] if n not in res.cut_nodes)
-    return Command("block-commit", args)
+    return _command("block-commit", args)
 
 
 def gen_block_stream(source: ChoiceSource, res: Resources) -> Command:
@@ -314,7 +351,7 @@ def _stream_rest(source: ChoiceSource, res: Resources, args: dict[str, Any]) -> 
         if not res.swarm.errors or source.choose(4, "gen:stream:job-id-default") != 1:
             args["job-id"] = args["device"]     # 030's habit: the job is named after its node
     res.add_job(args.get("job-id", args["device"]))
-    return Command("block-stream", args)
+    return _command("block-stream", args)
 
 
 def gen_job_verb(source: ChoiceSource, res: Resources) -> Command:
@@ -324,16 +361,16 @@ def gen_job_verb(source: ChoiceSource, res: Resources) -> Command:
     if verb in ("cancel", "dismiss"):
         res.stale_jobs.append(job)
     if source.choose(2, "gen:verb:family") == 0:
-        return Command(f"job-{verb}", {"id": job})
+        return _command(f"job-{verb}", {"id": job})
     args: dict[str, Any] = {"id": job} if verb in ("finalize", "dismiss") else {"device": job}
     if verb == "cancel" and source.choose(3, "gen:verb:force") == 1:
         args["force"] = True
-    return Command(f"block-job-{verb}", args)
+    return _command(f"block-job-{verb}", args)
 
 
 def gen_set_speed(source: ChoiceSource, res: Resources) -> Command:
     speeds = res.allowed(SET_SPEEDS, (-1,))
-    return Command("block-job-set-speed",
+    return _command("block-job-set-speed",
                    {"device": _job_id(source, res), "speed": weighted(source, "gen:set-speed", speeds)})
 
 
@@ -342,15 +379,15 @@ def gen_guest_write(source: ChoiceSource, res: Resources) -> Command:
     if res.drive is None:
         return gen_step(source, res)
     w = gen_write(source, "gen:guest-write")
-    return Command("x-guest-write", {"offset": w.offset, "length": w.length, "pattern": w.pattern})
+    return _command("x-guest-write", {"offset": w.offset, "length": w.length, "pattern": w.pattern})
 
 
 def gen_step(source: ChoiceSource, res: Resources) -> Command:
-    return Command("x-step", {"count": pick(source, "gen:step", STEP_COUNTS)})
+    return _command("x-step", {"count": pick(source, "gen:step", STEP_COUNTS)})
 
 
 def gen_wait_jobs(source: ChoiceSource, res: Resources) -> Command:
-    return Command("x-wait-jobs")
+    return _command("x-wait-jobs", {})
 
 
 COMMAND_TABLE = (
