@@ -115,23 +115,31 @@ def _record(cls: type, fields: dict) -> Any:
     dataclass's ``__init__`` sets each field through ``object.__setattr__`` (an image:
     six, and ``__post_init__``), which cost the generator more than its choices; a
     case builds some twenty records (``tests/test_generate.py`` checks they equal the
-    constructors')."""
+    constructors'). The images, writes and commands, most of them, do the same
+    without calling this (a call level is a tenth of a record's cost)."""
     record = _new(cls)
     _set_attribute(record, "__dict__", fields)
     return record
 
 
 def _image(name: str, writes: tuple, filename: str, format: str) -> Image:
-    return _record(Image, {"node_name": name, "size": DEFAULT_SIZE, "cluster_size": DEFAULT_CLUSTER_SIZE,
-                           "writes": writes, "filename": filename, "format": format})
+    image = _new(Image)
+    _set_attribute(image, "__dict__", {"node_name": name, "size": DEFAULT_SIZE,
+                                       "cluster_size": DEFAULT_CLUSTER_SIZE, "writes": writes,
+                                       "filename": filename, "format": format})
+    return image
 
 
 def _write(offset: int, length: int, pattern: int) -> Write:
-    return _record(Write, {"offset": offset, "length": length, "pattern": pattern})
+    write = _new(Write)
+    _set_attribute(write, "__dict__", {"offset": offset, "length": length, "pattern": pattern})
+    return write
 
 
 def _command(execute: str, arguments: dict) -> Command:
-    return _record(Command, {"execute": execute, "arguments": arguments})
+    command = _new(Command)
+    _set_attribute(command, "__dict__", {"execute": execute, "arguments": arguments})
+    return command
 
 
 def pick(source: ChoiceSource, label: str, values: Sequence[T]) -> T:
