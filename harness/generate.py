@@ -166,9 +166,10 @@ class Swarm:
 def gen_swarm(source: ChoiceSource) -> Swarm:
     """Command kinds are on unless a choice says off; arguments and errors the other way round,
     so choices that run out (all 0) give every command and the plainest arguments."""
-    kinds = [k for k, label in SWARM_COMMANDS if source.choose(2, label) == 0]
-    arguments = [a for a, label in SWARM_ARGUMENTS if source.choose(2, label) == 1]
-    errors = source.choose(2, "gen:swarm:errors") == 1
+    choose = source.choose      # looked up once for the thirteen decisions
+    kinds = [k for k, label in SWARM_COMMANDS if choose(2, label) == 0]
+    arguments = [a for a, label in SWARM_ARGUMENTS if choose(2, label) == 1]
+    errors = choose(2, "gen:swarm:errors") == 1
     return _record(Swarm, {"commands": frozenset(kinds) if kinds else ALL_COMMANDS,
                            "arguments": frozenset(arguments), "errors": errors})
 
@@ -254,11 +255,12 @@ def generate_with_spans(source: ChoiceSource, bugs: Sequence[str] = ()) -> Gener
 
 def gen_images(source: ChoiceSource) -> list[Image]:
     """2-9 images, bottom first; the bottom raw one time in four."""
-    count = pick(source, "gen:images", IMAGE_COUNTS)
-    raw_bottom = source.choose(4, "gen:bottom-raw") == 1
+    choose = source.choose      # looked up once for the image's decisions and its writes'
+    count = IMAGE_COUNTS[choose(len(IMAGE_COUNTS), "gen:images")]
+    raw_bottom = choose(4, "gen:bottom-raw") == 1
     images = []
     for i in range(count):
-        writes = [gen_write(source, "gen:write") for _ in range(source.choose(3, "gen:writes"))]
+        writes = [_gen_write(choose, "gen:write") for _ in range(choose(3, "gen:writes"))]
         name = NODE_NAMES[i]
         if i == 0 and raw_bottom:
             images.append(_image(name, tuple(writes), name + ".raw", "raw"))
@@ -275,11 +277,16 @@ QCOW2_FILENAMES = tuple(f"{name}.qcow2" for name in NODE_NAMES)
 
 def gen_write(source: ChoiceSource, label: str) -> Write:
     """A cluster-aligned write of 1-4 clusters, inside the image."""
+    return _gen_write(source.choose, label)
+
+
+def _gen_write(choose, label: str) -> Write:
+    """:func:`gen_write` with the source's ``choose`` looked up already."""
     offset, length_label, pattern_label = WRITE_LABELS[label]
-    first = source.choose(CLUSTERS, offset)
-    clusters = 1 + source.choose(4, length_label)
+    first = choose(CLUSTERS, offset)
+    clusters = 1 + choose(4, length_label)
     length = min(clusters, CLUSTERS - first) * DEFAULT_CLUSTER_SIZE
-    pattern = 1 + source.choose(PATTERNS, pattern_label)
+    pattern = 1 + choose(PATTERNS, pattern_label)
     return _write(first * DEFAULT_CLUSTER_SIZE, length, pattern)
 
 
