@@ -525,23 +525,33 @@ def _filter_node_name(source: ChoiceSource, res: Resources, args: dict, label: s
 def _common_job_args(source: ChoiceSource, res: Resources, args: dict, label: str) -> None:
     """speed; backing-file, auto-finalize, auto-dismiss, on-error, job-id only in cases
     whose swarm has them."""
-    speed = weighted(source, label + ":speed", res.allowed(SPEED_TABLE, (-1,)))
+    labels = JOB_ARGUMENT_LABELS[label]
+    speed = weighted(source, labels["speed"], res.allowed(SPEED_TABLE, (-1,)))
     if speed is not None:
         args["speed"] = speed
-    if res.has("backing-file") and source.choose(4, label + ":backing-file") == 1:
-        args["backing-file"] = pick(source, label + ":backing-file-name",
+    arguments = res.swarm.arguments
+    if "backing-file" in arguments and source.choose(4, labels["backing-file"]) == 1:
+        args["backing-file"] = pick(source, labels["backing-file-name"],
                                     res.filenames + ["custom.qcow2"])
     for flag in ("auto-finalize", "auto-dismiss"):
-        if res.has(flag):
-            value = weighted(source, f"{label}:{flag}", ((2, None), (1, False), (1, True)))
+        if flag in arguments:
+            value = weighted(source, labels[flag], ((2, None), (1, False), (1, True)))
             if value is not None:
                 args[flag] = value
-    if res.has("on-error"):
-        on_error = weighted(source, label + ":on-error", ON_ERROR_TABLE)
+    if "on-error" in arguments:
+        on_error = weighted(source, labels["on-error"], ON_ERROR_TABLE)
         if on_error is not None:
             args["on-error"] = on_error
-    if res.has("job-id"):
+    if "job-id" in arguments:
         _job_id_argument(source, res, args, label)
+
+
+#: the labels of a job command's common arguments, per command label, made once
+JOB_ARGUMENT_LABELS = {
+    label: {part: f"{label}:{part}" for part in ("speed", "backing-file", "backing-file-name",
+                                                  "auto-finalize", "auto-dismiss", "on-error")}
+    for label in ("gen:commit", "gen:stream")
+}
 
 
 def _job_id_argument(source: ChoiceSource, res: Resources, args: dict, label: str) -> None:
