@@ -94,7 +94,8 @@ def _bounds(table: Sequence[tuple[int, Any]]) -> tuple[int, tuple[int, ...]]:
 #: an ``lru_cache`` on the table's value did. Each entry keeps its table alive, so an id
 #: is never reused while its entry stands; a table made afresh per call only misses.
 _BOUNDS: dict[int, tuple[Any, int, tuple[int, ...]]] = {}
-_WITHOUT: dict[tuple[int, int], tuple[Any, Any, tuple]] = {}
+#: per table (by identity, as :data:`_BOUNDS`; each table goes with one tuple of errors)
+_WITHOUT: dict[int, tuple[Any, Any, tuple]] = {}
 _CACHE_MAX = 1024
 
 
@@ -200,9 +201,9 @@ class Resources:
         """``table`` without its error entries unless this case has errors on."""
         if self.swarm.errors:
             return table
-        entry = _WITHOUT.get((id(table), id(errors)))
+        entry = _WITHOUT.get(id(table))
         if entry is None or entry[0] is not table or entry[1] is not errors:
-            entry = _remember(_WITHOUT, (id(table), id(errors)), (table, errors, _without(table, errors)))
+            entry = _remember(_WITHOUT, id(table), (table, errors, _without(table, errors)))
         return entry[2]
 
     def has(self, argument: str) -> bool:
