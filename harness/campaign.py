@@ -142,6 +142,9 @@ class Campaign:
         self.signatures: set[str] = set()
         self.stopped = False
         self.recent = RecentShares()        # pct: what is rare among recent runs
+        #: pct: the last run's cells and their :func:`scenarios`, which :meth:`observe`
+        #: counts and :meth:`rarest_share` then looks up (made once, not twice)
+        self.last_scenarios: tuple = ((), [])
 
     def done(self) -> bool:
         return self.stopped or self.config.budget.spent(self.stats.runs, self.stats.elapsed)
@@ -151,7 +154,9 @@ class Campaign:
         self.stats.runs += 1
         cells = observation.extra.get("cells", ())
         if self.config.engine == "pct":      # only its learning asks how rare a cell is
-            self.recent.add(scenarios(cells))
+            features = scenarios(cells)
+            self.last_scenarios = (cells, features)
+            self.recent.add(features)
         new = self.stats.cells.add(cells, self.stats.runs)
         if self.sink is not None and new:
             self.sink(("cells", new))
@@ -171,7 +176,8 @@ class Campaign:
         cells = observation.extra.get("cells", ())
         if not cells:
             return None
-        return self.recent.rarest(scenarios(cells))
+        seen, features = self.last_scenarios
+        return self.recent.rarest(features if seen is cells else scenarios(cells))
 
     @staticmethod
     def focus_energy(share: float | None) -> int:

@@ -94,7 +94,8 @@ def _bounds(table: Sequence[tuple[int, Any]]) -> tuple[int, tuple[int, ...]]:
 #: an ``lru_cache`` on the table's value did. Each entry keeps its table alive, so an id
 #: is never reused while its entry stands; a table made afresh per call only misses.
 _BOUNDS: dict[int, tuple[Any, int, tuple[int, ...]]] = {}
-_WITHOUT: dict[tuple[int, int], tuple[Any, Any, tuple]] = {}
+#: per table (by identity, as :data:`_BOUNDS`; each table goes with one tuple of errors)
+_WITHOUT: dict[int, tuple[Any, Any, tuple]] = {}
 _CACHE_MAX = 1024
 
 
@@ -103,6 +104,43 @@ def _remember(cache: dict, key: Any, entry: tuple) -> tuple:
         cache.clear()
     cache[key] = entry
     return entry
+
+
+_new = object.__new__
+_set_attribute = object.__setattr__
+
+
+def _record(cls: type, fields: dict) -> Any:
+    """What ``cls(**fields)`` makes, for a dataclass ``cls`` and ``fields`` naming every
+    field in declaration order: an instance whose ``__dict__`` is ``fields``. A frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__`` (an image:
+    six, and ``__post_init__``), which cost the generator more than its choices; a
+    case builds some twenty records (``tests/test_generate.py`` checks they equal the
+    constructors'). The images, writes and commands, most of them, do the same
+    without calling this (a call level is a tenth of a record's cost)."""
+    record = _new(cls)
+    _set_attribute(record, "__dict__", fields)
+    return record
+
+
+def _image(name: str, writes: tuple, filename: str, format: str) -> Image:
+    image = _new(Image)
+    _set_attribute(image, "__dict__", {"node_name": name, "size": DEFAULT_SIZE,
+                                       "cluster_size": DEFAULT_CLUSTER_SIZE, "writes": writes,
+                                       "filename": filename, "format": format})
+    return image
+
+
+def _write(offset: int, length: int, pattern: int) -> Write:
+    write = _new(Write)
+    _set_attribute(write, "__dict__", {"offset": offset, "length": length, "pattern": pattern})
+    return write
+
+
+def _command(execute: str, arguments: dict) -> Command:
+    command = _new(Command)
+    _set_attribute(command, "__dict__", {"execute": execute, "arguments": arguments})
+    return command
 
 
 def pick(source: ChoiceSource, label: str, values: Sequence[T]) -> T:
@@ -129,10 +167,12 @@ class Swarm:
 def gen_swarm(source: ChoiceSource) -> Swarm:
     """Command kinds are on unless a choice says off; arguments and errors the other way round,
     so choices that run out (all 0) give every command and the plainest arguments."""
-    kinds = [k for k, label in SWARM_COMMANDS if source.choose(2, label) == 0]
-    arguments = [a for a, label in SWARM_ARGUMENTS if source.choose(2, label) == 1]
-    errors = source.choose(2, "gen:swarm:errors") == 1
-    return Swarm(frozenset(kinds) if kinds else ALL_COMMANDS, frozenset(arguments), errors)
+    choose = source.choose      # looked up once for the thirteen decisions
+    kinds = [k for k, label in SWARM_COMMANDS if choose(2, label) == 0]
+    arguments = [a for a, label in SWARM_ARGUMENTS if choose(2, label) == 1]
+    errors = choose(2, "gen:swarm:errors") == 1
+    return _record(Swarm, {"commands": frozenset(kinds) if kinds else ALL_COMMANDS,
+                           "arguments": frozenset(arguments), "errors": errors})
 
 
 @dataclass
@@ -161,13 +201,20 @@ class Resources:
         """``table`` without its error entries unless this case has errors on."""
         if self.swarm.errors:
             return table
-        entry = _WITHOUT.get((id(table), id(errors)))
+        entry = _WITHOUT.get(id(table))
         if entry is None or entry[0] is not table or entry[1] is not errors:
-            entry = _remember(_WITHOUT, (id(table), id(errors)), (table, errors, _without(table, errors)))
+            entry = _remember(_WITHOUT, id(table), (table, errors, _without(table, errors)))
         return entry[2]
 
     def has(self, argument: str) -> bool:
         return argument in self.swarm.arguments
+
+
+def _resources(nodes: list[str], filenames: list[str], drive: str | None, swarm: Swarm) -> Resources:
+    """``Resources(nodes, filenames, drive, swarm)`` (:func:`_record`)."""
+    return _record(Resources, {"nodes": nodes, "filenames": filenames, "drive": drive, "swarm": swarm,
+                               "filters": [], "jobs": [], "stale_jobs": [], "cut_nodes": [],
+                               "commit_tops": [], "commit_filters": []})
 
 
 def _without(table: tuple[tuple[int, T], ...], errors: tuple[T, ...]) -> tuple[tuple[int, T], ...]:
@@ -192,16 +239,16 @@ def generate_with_spans(source: ChoiceSource, bugs: Sequence[str] = ()) -> Gener
     """:func:`generate`, also telling which choices each command consumed."""
     images = gen_images(source)
     drive = None if source.choose(8, "gen:drive") == 1 else DRIVE
-    res = Resources(nodes=[i.node_name for i in images], filenames=[i.filename for i in images],
-                    drive=drive, swarm=gen_swarm(source))
+    res = _resources([i.node_name for i in images], [i.filename for i in images], drive, gen_swarm(source))
     count = weighted(source, "gen:commands", COMMAND_COUNT_TABLE)
     commands, spans = [], []
     for _ in range(count):
         start = len(source.recorded)
         commands.append(gen_command(source, res))
         spans.append((start, len(source.recorded)))
-    case = Case(images=tuple(images), commands=tuple(commands), drive=drive, bugs=tuple(bugs),
-                schedule={"choices": []}, description="generated")
+    case = _record(Case, {"images": tuple(images), "commands": tuple(commands), "drive": drive,
+                          "bugs": tuple(bugs), "schedule": {"choices": []}, "expect": None,
+                          "description": "generated", "path": None})
     return Generated(case, spans, len(source.recorded))
 
 
@@ -209,16 +256,17 @@ def generate_with_spans(source: ChoiceSource, bugs: Sequence[str] = ()) -> Gener
 
 def gen_images(source: ChoiceSource) -> list[Image]:
     """2-9 images, bottom first; the bottom raw one time in four."""
-    count = pick(source, "gen:images", IMAGE_COUNTS)
-    raw_bottom = source.choose(4, "gen:bottom-raw") == 1
+    choose = source.choose      # looked up once for the image's decisions and its writes'
+    count = IMAGE_COUNTS[choose(len(IMAGE_COUNTS), "gen:images")]
+    raw_bottom = choose(4, "gen:bottom-raw") == 1
     images = []
     for i in range(count):
-        writes = [gen_write(source, "gen:write") for _ in range(source.choose(3, "gen:writes"))]
+        writes = [_gen_write(choose, "gen:write") for _ in range(choose(3, "gen:writes"))]
         name = NODE_NAMES[i]
         if i == 0 and raw_bottom:
-            images.append(Image(name, writes=tuple(writes), filename=name + ".raw", format="raw"))
+            images.append(_image(name, tuple(writes), name + ".raw", "raw"))
         else:
-            images.append(Image(name, writes=tuple(writes), filename=QCOW2_FILENAMES[i]))
+            images.append(_image(name, tuple(writes), QCOW2_FILENAMES[i], "qcow2"))
     return images
 
 
@@ -230,12 +278,17 @@ QCOW2_FILENAMES = tuple(f"{name}.qcow2" for name in NODE_NAMES)
 
 def gen_write(source: ChoiceSource, label: str) -> Write:
     """A cluster-aligned write of 1-4 clusters, inside the image."""
+    return _gen_write(source.choose, label)
+
+
+def _gen_write(choose, label: str) -> Write:
+    """:func:`gen_write` with the source's ``choose`` looked up already."""
     offset, length_label, pattern_label = WRITE_LABELS[label]
-    first = source.choose(CLUSTERS, offset)
-    clusters = 1 + source.choose(4, length_label)
+    first = choose(CLUSTERS, offset)
+    clusters = 1 + choose(4, length_label)
     length = min(clusters, CLUSTERS - first) * DEFAULT_CLUSTER_SIZE
-    pattern = 1 + source.choose(PATTERNS, pattern_label)
-    return Write(first * DEFAULT_CLUSTER_SIZE, length, pattern)
+    pattern = 1 + choose(PATTERNS, pattern_label)
+    return _write(first * DEFAULT_CLUSTER_SIZE, length, pattern)
 
 
 # -- commands -------------------------------------------------------------------
@@ -277,7 +330,7 @@ def gen_block_commit(source: ChoiceSource, res: Resources) -> Command:
         res.commit_filters.append((top, args["filter-node-name"]))
     low = 0 if base is None else base + 1
     res.cut_nodes.extend(n for n in res.nodes[low:top] if n not in res.cut_nodes)
-    return Command("block-commit", args)
+    return _command("block-commit", args)
 
 
 def gen_block_stream(source: ChoiceSource, res: Resources) -> Command:
@@ -314,7 +367,7 @@ def _stream_rest(source: ChoiceSource, res: Resources, args: dict[str, Any]) -> 
         if not res.swarm.errors or source.choose(4, "gen:stream:job-id-default") != 1:
             args["job-id"] = args["device"]     # 030's habit: the job is named after its node
     res.add_job(args.get("job-id", args["device"]))
-    return Command("block-stream", args)
+    return _command("block-stream", args)
 
 
 def gen_job_verb(source: ChoiceSource, res: Resources) -> Command:
@@ -324,16 +377,16 @@ def gen_job_verb(source: ChoiceSource, res: Resources) -> Command:
     if verb in ("cancel", "dismiss"):
         res.stale_jobs.append(job)
     if source.choose(2, "gen:verb:family") == 0:
-        return Command(f"job-{verb}", {"id": job})
+        return _command(f"job-{verb}", {"id": job})
     args: dict[str, Any] = {"id": job} if verb in ("finalize", "dismiss") else {"device": job}
     if verb == "cancel" and source.choose(3, "gen:verb:force") == 1:
         args["force"] = True
-    return Command(f"block-job-{verb}", args)
+    return _command(f"block-job-{verb}", args)
 
 
 def gen_set_speed(source: ChoiceSource, res: Resources) -> Command:
     speeds = res.allowed(SET_SPEEDS, (-1,))
-    return Command("block-job-set-speed",
+    return _command("block-job-set-speed",
                    {"device": _job_id(source, res), "speed": weighted(source, "gen:set-speed", speeds)})
 
 
@@ -342,15 +395,15 @@ def gen_guest_write(source: ChoiceSource, res: Resources) -> Command:
     if res.drive is None:
         return gen_step(source, res)
     w = gen_write(source, "gen:guest-write")
-    return Command("x-guest-write", {"offset": w.offset, "length": w.length, "pattern": w.pattern})
+    return _command("x-guest-write", {"offset": w.offset, "length": w.length, "pattern": w.pattern})
 
 
 def gen_step(source: ChoiceSource, res: Resources) -> Command:
-    return Command("x-step", {"count": pick(source, "gen:step", STEP_COUNTS)})
+    return _command("x-step", {"count": pick(source, "gen:step", STEP_COUNTS)})
 
 
 def gen_wait_jobs(source: ChoiceSource, res: Resources) -> Command:
-    return Command("x-wait-jobs")
+    return _command("x-wait-jobs", {})
 
 
 COMMAND_TABLE = (
@@ -473,23 +526,33 @@ def _filter_node_name(source: ChoiceSource, res: Resources, args: dict, label: s
 def _common_job_args(source: ChoiceSource, res: Resources, args: dict, label: str) -> None:
     """speed; backing-file, auto-finalize, auto-dismiss, on-error, job-id only in cases
     whose swarm has them."""
-    speed = weighted(source, label + ":speed", res.allowed(SPEED_TABLE, (-1,)))
+    labels = JOB_ARGUMENT_LABELS[label]
+    speed = weighted(source, labels["speed"], res.allowed(SPEED_TABLE, (-1,)))
     if speed is not None:
         args["speed"] = speed
-    if res.has("backing-file") and source.choose(4, label + ":backing-file") == 1:
-        args["backing-file"] = pick(source, label + ":backing-file-name",
+    arguments = res.swarm.arguments
+    if "backing-file" in arguments and source.choose(4, labels["backing-file"]) == 1:
+        args["backing-file"] = pick(source, labels["backing-file-name"],
                                     res.filenames + ["custom.qcow2"])
     for flag in ("auto-finalize", "auto-dismiss"):
-        if res.has(flag):
-            value = weighted(source, f"{label}:{flag}", ((2, None), (1, False), (1, True)))
+        if flag in arguments:
+            value = weighted(source, labels[flag], ((2, None), (1, False), (1, True)))
             if value is not None:
                 args[flag] = value
-    if res.has("on-error"):
-        on_error = weighted(source, label + ":on-error", ON_ERROR_TABLE)
+    if "on-error" in arguments:
+        on_error = weighted(source, labels["on-error"], ON_ERROR_TABLE)
         if on_error is not None:
             args["on-error"] = on_error
-    if res.has("job-id"):
+    if "job-id" in arguments:
         _job_id_argument(source, res, args, label)
+
+
+#: the labels of a job command's common arguments, per command label, made once
+JOB_ARGUMENT_LABELS = {
+    label: {part: f"{label}:{part}" for part in ("speed", "backing-file", "backing-file-name",
+                                                  "auto-finalize", "auto-dismiss", "on-error")}
+    for label in ("gen:commit", "gen:stream")
+}
 
 
 def _job_id_argument(source: ChoiceSource, res: Resources, args: dict, label: str) -> None:

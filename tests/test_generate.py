@@ -239,3 +239,31 @@ def test_weighted_reads_a_list_table_afresh_each_time():
     assert weighted(RecordedSource([1]), "x", table) == "b"
     table[1] = (3, "c")                               # weights 1 and 3: a draw of 2 is "c"
     assert weighted(RecordedSource([2]), "x", table) == "c"
+
+
+def test_records_equal_what_their_constructors_make():
+    """The generator builds its frozen records without their ``__init__``
+    (:func:`harness.generate._record`): the same fields, values and class."""
+    from harness.case import Case, Command, Image, Write
+    from harness.generate import Resources, Swarm, _command, _image, _resources, _write, gen_swarm
+    pairs = [
+        (_image("node0", (), "node0.raw", "raw"), Image("node0", filename="node0.raw", format="raw")),
+        (_image("node3", (_write(0, 65536, 7),), "node3.qcow2", "qcow2"),
+         Image("node3", writes=(Write(0, 65536, 7),))),
+        (_command("x-wait-jobs", {}), Command("x-wait-jobs")),
+        (_command("x-step", {"count": 4}), Command("x-step", {"count": 4})),
+    ]
+    swarm = gen_swarm(RandomSource(3))
+    pairs.append((swarm, Swarm(swarm.commands, swarm.arguments, swarm.errors)))
+    pairs.append((_resources(["node0"], ["node0.qcow2"], None, swarm),
+                  Resources(["node0"], ["node0.qcow2"], None, swarm)))
+    case = generate(RandomSource(5))
+    pairs.append((case, Case(case.images, case.commands, case.drive, case.bugs, {"choices": []},
+                             description="generated")))
+    pairs.append((case.with_schedule({"choices": [1]}),
+                  Case(case.images, case.commands, case.drive, case.bugs, {"choices": [1]},
+                       description="generated")))
+    for made, built in pairs:
+        assert type(made) is type(built) and made == built and vars(made) == vars(built)
+        assert list(vars(made)) == list(vars(built))
+    assert case.with_schedule({"choices": [1]}).schedule == {"choices": [1]} and case.schedule == {"choices": []}
