@@ -97,6 +97,17 @@ class Command:
         return {"execute": self.execute}
 
 
+def record(cls: type, fields: dict) -> Any:
+    """What ``cls(**fields)`` makes, for a dataclass ``cls`` and ``fields`` naming every
+    field in declaration order: an instance whose ``__dict__`` is ``fields``. A frozen
+    dataclass's ``__init__`` sets each field through ``object.__setattr__`` (an image:
+    six, and ``__post_init__``), which cost the generator more than its choices;
+    ``tests/test_generate.py`` checks that records equal the constructors'."""
+    made = object.__new__(cls)
+    object.__setattr__(made, "__dict__", fields)
+    return made
+
+
 @dataclass(frozen=True)
 class Case:
     images: tuple[Image, ...]
@@ -112,13 +123,10 @@ class Case:
         """``dataclasses.replace(self, schedule=schedule)``, at a twelfth of its cost (the
         engines call it once per run): a copy of the instance's fields (its ``__dict__``,
         which holds nothing else: the class is frozen) with the schedule replaced, given
-        to a new instance without the generated ``__init__``, which sets each of the
-        eight fields through ``object.__setattr__``."""
+        to a new instance without the generated ``__init__`` (:func:`record`)."""
         fields = self.__dict__.copy()
         fields["schedule"] = schedule
-        case = object.__new__(Case)
-        object.__setattr__(case, "__dict__", fields)
-        return case
+        return record(Case, fields)
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"format": FORMAT}

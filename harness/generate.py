@@ -40,7 +40,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from typing import Any, Sequence, TypeVar
 
-from harness.case import DEFAULT_CLUSTER_SIZE, DEFAULT_SIZE, Case, Command, Image, Write
+from harness.case import DEFAULT_CLUSTER_SIZE, DEFAULT_SIZE, Case, Command, Image, Write, record
 from harness.choices import ChoiceSource
 
 T = TypeVar("T")
@@ -106,21 +106,11 @@ def _remember(cache: dict, key: Any, entry: tuple) -> tuple:
     return entry
 
 
+#: the images, writes and commands, most of a case's records, are made as
+#: :func:`harness.case.record` makes them, inline (a call level is a tenth of a
+#: record's cost)
 _new = object.__new__
 _set_attribute = object.__setattr__
-
-
-def _record(cls: type, fields: dict) -> Any:
-    """What ``cls(**fields)`` makes, for a dataclass ``cls`` and ``fields`` naming every
-    field in declaration order: an instance whose ``__dict__`` is ``fields``. A frozen
-    dataclass's ``__init__`` sets each field through ``object.__setattr__`` (an image:
-    six, and ``__post_init__``), which cost the generator more than its choices; a
-    case builds some twenty records (``tests/test_generate.py`` checks they equal the
-    constructors'). The images, writes and commands, most of them, do the same
-    without calling this (a call level is a tenth of a record's cost)."""
-    record = _new(cls)
-    _set_attribute(record, "__dict__", fields)
-    return record
 
 
 def _image(name: str, writes: tuple, filename: str, format: str) -> Image:
@@ -171,7 +161,7 @@ def gen_swarm(source: ChoiceSource) -> Swarm:
     kinds = [k for k, label in SWARM_COMMANDS if choose(2, label) == 0]
     arguments = [a for a, label in SWARM_ARGUMENTS if choose(2, label) == 1]
     errors = choose(2, "gen:swarm:errors") == 1
-    return _record(Swarm, {"commands": frozenset(kinds) if kinds else ALL_COMMANDS,
+    return record(Swarm, {"commands": frozenset(kinds) if kinds else ALL_COMMANDS,
                            "arguments": frozenset(arguments), "errors": errors})
 
 
@@ -206,13 +196,10 @@ class Resources:
             entry = _remember(_WITHOUT, id(table), (table, errors, _without(table, errors)))
         return entry[2]
 
-    def has(self, argument: str) -> bool:
-        return argument in self.swarm.arguments
-
 
 def _resources(nodes: list[str], filenames: list[str], drive: str | None, swarm: Swarm) -> Resources:
-    """``Resources(nodes, filenames, drive, swarm)`` (:func:`_record`)."""
-    return _record(Resources, {"nodes": nodes, "filenames": filenames, "drive": drive, "swarm": swarm,
+    """``Resources(nodes, filenames, drive, swarm)`` (:func:`harness.case.record`)."""
+    return record(Resources, {"nodes": nodes, "filenames": filenames, "drive": drive, "swarm": swarm,
                                "filters": [], "jobs": [], "stale_jobs": [], "cut_nodes": [],
                                "commit_tops": [], "commit_filters": []})
 
@@ -246,7 +233,7 @@ def generate_with_spans(source: ChoiceSource, bugs: Sequence[str] = ()) -> Gener
         start = len(source.recorded)
         commands.append(gen_command(source, res))
         spans.append((start, len(source.recorded)))
-    case = _record(Case, {"images": tuple(images), "commands": tuple(commands), "drive": drive,
+    case = record(Case, {"images": tuple(images), "commands": tuple(commands), "drive": drive,
                           "bugs": tuple(bugs), "schedule": {"choices": []}, "expect": None,
                           "description": "generated", "path": None})
     return Generated(case, spans, len(source.recorded))

@@ -78,12 +78,11 @@ class Machine:
             bs.children = []
             bs.parents = []
             bs.m = None
-            bs.cor_bottom = None
-            bs.mirror_job = None
+            bs.mirror_job = None        # a mirror_top filter and its job point at each other
         self.all_nodes = []
         for job in self.jobs.values():
-            job.co = None
-            job.sleep_timer = None
+            job.co = None               # the coroutine's callbacks are the job's
+            job.sleep_timer = None      # so is the timer's
             job.edges = []
         self.jobs = {}
         self.completing = []

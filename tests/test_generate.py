@@ -243,7 +243,7 @@ def test_weighted_reads_a_list_table_afresh_each_time():
 
 def test_records_equal_what_their_constructors_make():
     """The generator builds its frozen records without their ``__init__``
-    (:func:`harness.generate._record`): the same fields, values and class."""
+    (:func:`harness.case.record`): the same fields, values and class."""
     from harness.case import Case, Command, Image, Write
     from harness.generate import Resources, Swarm, _command, _image, _resources, _write, gen_swarm
     pairs = [
