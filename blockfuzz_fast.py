@@ -20,8 +20,9 @@ case, schedule and finding replays the same on either
 
 ``BLOCKFUZZ_PURE=1`` keeps the pure Python modules (the test suite's
 coverage and atheris's instrumentation need them); ``BLOCKFUZZ_FAST_DIR``
-builds and looks elsewhere. Sources edited after a build make the compiled
-modules stale: they are then left alone, with a one-line warning.
+builds and looks elsewhere. A source edited after a build makes every compiled
+module stale, whichever package it is in: they are then all left alone, with a
+one-line warning.
 """
 from __future__ import annotations
 
@@ -49,22 +50,28 @@ def source_path(package: str, module: str) -> str:
     return os.path.join(ROOT, *package.split("."), module + ".py")
 
 
-def digest(package: str) -> str:
-    """SHA-256 over the sources of ``package``'s compiled modules, names included, and
-    over the Cython declarations (``.pxd``) that some of them have beside them."""
+def digest() -> str:
+    """SHA-256 over the sources of every compiled module, names included, and over the
+    Cython declarations (``.pxd``) that some of them have beside them. One digest for
+    the whole build: the modules of one package use the extension types of another
+    (the backend's ``cimport`` of the machine), so a build is current, or stale, as a
+    whole; a package whose own sources are unchanged but whose compiled modules were
+    built against an older model would not load beside that model's Python sources."""
     h = hashlib.sha256()
-    for module in MODULES[package]:
-        h.update(module.encode() + b"\0")
-        source = source_path(package, module)
-        for path in (source, source[:-3] + ".pxd"):
-            if os.path.exists(path):
-                with open(path, "rb") as f:
-                    h.update(f.read())
+    for package, modules in MODULES.items():
+        for module in modules:
+            h.update(f"{package}.{module}".encode() + b"\0")
+            source = source_path(package, module)
+            for path in (source, source[:-3] + ".pxd"):
+                if os.path.exists(path):
+                    with open(path, "rb") as f:
+                        h.update(f.read())
     return h.hexdigest()
 
 
 def extend(package: str, path: list[str]) -> None:
-    """Put ``package``'s compiled modules first in its ``__path__`` when they are current."""
+    """Put ``package``'s compiled modules first in its ``__path__`` when the build is
+    current (:func:`digest`)."""
     if os.environ.get("BLOCKFUZZ_PURE") or package not in MODULES:
         return
     where = os.path.join(build_dir(), *package.split("."))
@@ -73,10 +80,10 @@ def extend(package: str, path: list[str]) -> None:
             built = f.read().strip()
     except OSError:
         return
-    if built != digest(package):
-        if package not in _warned:
-            _warned.add(package)
-            print(f"blockfuzz: the compiled {package} modules in {where} are older than the "
+    if built != digest():
+        if not _warned:
+            _warned.add("stale")
+            print(f"blockfuzz: the compiled modules in {build_dir()} are older than the "
                   "sources; using the Python sources (run `make fast` to compile again)",
                   file=sys.stderr)
         return
@@ -112,12 +119,13 @@ def build(out: str | None = None, jobs: int | None = None) -> str:
                                              "--build-temp", tmp, "--parallel", str(jobs)]})
         dist.parse_command_line()
         dist.run_commands()
+    built = digest()
     for package in MODULES:
         where = os.path.join(out, *package.split("."))
         os.makedirs(where, exist_ok=True)
         _drop_strays(package, where)
         with open(os.path.join(where, MANIFEST), "w") as f:
-            f.write(digest(package) + "\n")
+            f.write(built + "\n")
     return out
 
 

@@ -73,7 +73,7 @@ def manifest(tmp_path, package: str, text: str) -> str:
 
 
 def test_a_current_build_goes_first_on_the_package_path(tmp_path, monkeypatch):
-    where = manifest(tmp_path, "reference", blockfuzz_fast.digest("reference") + "\n")
+    where = manifest(tmp_path, "reference", blockfuzz_fast.digest() + "\n")
     monkeypatch.setenv("BLOCKFUZZ_FAST_DIR", str(tmp_path))
     monkeypatch.delenv("BLOCKFUZZ_PURE")
     path = ["/src/reference"]
@@ -95,7 +95,7 @@ def test_a_stale_build_is_left_alone_with_one_warning(tmp_path, monkeypatch, cap
 
 
 def test_no_build_or_blockfuzz_pure_keeps_the_sources(tmp_path, monkeypatch):
-    manifest(tmp_path, "reference", blockfuzz_fast.digest("reference") + "\n")
+    manifest(tmp_path, "reference", blockfuzz_fast.digest() + "\n")
     monkeypatch.setenv("BLOCKFUZZ_FAST_DIR", str(tmp_path))
     path = ["/src/reference"]
     blockfuzz_fast.extend("reference", path)          # BLOCKFUZZ_PURE=1 (tests/conftest.py)
@@ -134,12 +134,37 @@ def test_the_build_digest_covers_the_cython_declarations(tmp_path, monkeypatch):
         (package / f"{module}.py").write_text(f"# {module}\n")
     (package / "graph.pxd").write_text("cdef class BlockDriverState:\n    pass\n")
     monkeypatch.setattr(blockfuzz_fast, "ROOT", str(tmp_path))
-    before = blockfuzz_fast.digest("reference")
+    before = blockfuzz_fast.digest()
     (package / "graph.pxd").write_text("cdef class BlockDriverState:\n    cdef public object m\n")
-    edited = blockfuzz_fast.digest("reference")
+    edited = blockfuzz_fast.digest()
     (package / "graph.pxd").unlink()
-    without = blockfuzz_fast.digest("reference")
+    without = blockfuzz_fast.digest()
     assert len({before, edited, without}) == 3
+
+
+def test_a_change_in_one_package_makes_the_whole_build_stale(tmp_path, monkeypatch, capsys):
+    """The backend's compiled module uses the model's extension types: after an edit of
+    the model, it must not load beside the model's Python sources (it failed to import,
+    with a traceback, when each package's build was judged on its own sources)."""
+    for package, modules in blockfuzz_fast.MODULES.items():
+        where = tmp_path.joinpath("src", *package.split("."))
+        where.mkdir(parents=True)
+        for module in modules:
+            (where / f"{module}.py").write_text(f"# {module}\n")
+    monkeypatch.setattr(blockfuzz_fast, "ROOT", str(tmp_path / "src"))
+    built = tmp_path / "built"
+    for package in blockfuzz_fast.MODULES:
+        manifest(built, package, blockfuzz_fast.digest() + "\n")
+    monkeypatch.setenv("BLOCKFUZZ_FAST_DIR", str(built))
+    monkeypatch.delenv("BLOCKFUZZ_PURE")
+    monkeypatch.setattr(blockfuzz_fast, "_warned", set())
+    (tmp_path / "src" / "reference" / "machine.py").write_text("# machine, edited\n")
+    paths = {package: [f"/src/{package}"] for package in blockfuzz_fast.MODULES}
+    for package, path in paths.items():
+        blockfuzz_fast.extend(package, path)
+    assert paths == {package: [f"/src/{package}"] for package in blockfuzz_fast.MODULES}
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "older than the sources" in err[0]
 
 
 def _declared_fields(pxd: str, inherited: dict[str, set[str]] | None = None) -> dict[str, set[str]]:
