@@ -38,6 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 from harness import case as case_mod
+from harness.blocks import whole_blocks
 from harness.case import Case
 from harness.cells import REQUIRED, CellCoverage
 from harness.choices import PCTSource, RandomSource, pct_bound
@@ -379,12 +380,13 @@ def _hypothesis_chunk(c: Campaign, seed: int) -> tuple[Case, Outcome] | None:
             _hypothesis_case(c, data, found)
 
     try:
-        prop()
+        with whole_blocks():
+            prop()
     except _Interesting:
         case, outcome, blocks = found
         if shrink_here or c.config.stop_at_first:
             return case, outcome
-        return _hypothesis_shrink(c, blocks, seed) or (case, outcome)
+        return _hypothesis_shrink(c, blocks, seed, outcome.signature) or (case, outcome)
     return None
 
 
@@ -417,7 +419,8 @@ def _hypothesis_reuse():
     return choices_to_bytes
 
 
-def _hypothesis_shrink(c: Campaign, blocks: list[bytes], seed: int) -> tuple[Case, Outcome] | None:
+def _hypothesis_shrink(c: Campaign, blocks: list[bytes], seed: int,
+                       signature: str) -> tuple[Case, Outcome] | None:
     """Shrink one failing case alone: its choices go into an example database that a
     one-case test replays (phase *reuse*) and then shrinks, commands and schedule
     together. Shrinking it inside its example would run the example's other cases
@@ -432,7 +435,7 @@ def _hypothesis_shrink(c: Campaign, blocks: list[bytes], seed: int) -> tuple[Cas
     @hypothesis_seed(seed)
     @given(st.data())
     def prop(data):
-        _hypothesis_case(c, data, found)
+        _hypothesis_case(c, data, found, signature)
 
     # the key hypothesis's own find() sets; a hypothesis that ignored it would find
     # nothing to reuse, and the campaign would keep the case as it failed
@@ -441,19 +444,23 @@ def _hypothesis_shrink(c: Campaign, blocks: list[bytes], seed: int) -> tuple[Cas
     # for a test case it shrank already, and would not shrink it
     database.save(DATABASE_KEY + b".secondary", _hypothesis_reuse()(blocks))
     try:
-        prop()
+        with whole_blocks():
+            prop()
     except _Interesting:
         return found[0], found[1]
     return None
 
 
-def _hypothesis_case(c: Campaign, data, found: list) -> None:
+def _hypothesis_case(c: Campaign, data, found: list, signature: str | None = None) -> None:
     """Generate and run one fresh case; a new finding fails the test, with
-    ``found`` holding the case, its verdict and hypothesis's choices for it."""
+    ``found`` holding the case, its verdict and hypothesis's choices for it.
+    While a finding is shrunk, only its own ``signature`` fails the test:
+    hypothesis, told to report one bug, would otherwise shrink into whichever
+    other bug is simpler (a use-after-free into a wrong-backing)."""
     from harness.choices import HypothesisSource
     source = HypothesisSource(data)
     case, observation, outcome = run_generated(source, c.config.bugs)
-    if not c.new_finding(outcome):
+    if not c.new_finding(outcome) or signature not in (None, outcome.signature):
         c.observe(case, observation, outcome)
         return
     c.stats.runs += 1              # counted here; the finding is kept after shrinking

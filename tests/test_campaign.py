@@ -177,9 +177,9 @@ def test_feedback_is_cells_or_code(capsys):
 
 def test_a_hypothesis_campaign_shrinks_and_keeps_a_finding(capsys, tmp_path):
     rc, lines, _ = fuzz(capsys, "--engine", "hypothesis", "--runs", "4000", "--bugs", NO_DRAIN,
-                        "--findings", str(tmp_path), "--seed", "4")
+                        "--findings", str(tmp_path), "--seed", "5")
     assert rc == 1
-    assert lines[0] == f"done: engine hypothesis, bugs {NO_DRAIN}, seed 4"
+    assert lines[0] == f"done: engine hypothesis, bugs {NO_DRAIN}, seed 5"
     stored = [case_mod.load(str(f)) for f in tmp_path.iterdir()]
     assert stored and all(c.expect["verdict"] in ("use-after-free", "wrong-backing") for c in stored)
 
@@ -191,10 +191,10 @@ def _count_hypothesis_cases(monkeypatch):
     found: list = []
     real = campaign._hypothesis_case
 
-    def counted(c, data, out):
+    def counted(c, data, out, *signature):
         per_example[data] = per_example.get(data, 0) + 1
         try:
-            real(c, data, out)
+            real(c, data, out, *signature)
         except campaign._Interesting:
             found.append(tuple(out))
             raise
@@ -243,8 +243,10 @@ def test_a_failing_case_is_shrunk_alone_by_hypothesis(monkeypatch):
     assert len(found) > 1 and len(shrinking) >= len(found) - 1 and set(shrinking) == {1}
     assert (len(last_blocks), last_blocks) < (len(first_blocks), first_blocks)
     case, outcome = result
-    assert case == found[-1][0] and outcome.kind == "use-after-free"
-    assert judge(case, run_case(case)).kind == "use-after-free"
+    kind = found[0][1].kind
+    assert kind in ("use-after-free", "wrong-backing")
+    assert case == found[-1][0] and outcome.kind == kind
+    assert judge(case, run_case(case)).kind == kind
 
 
 def test_the_ci_profile_is_used_when_ci_is_set(monkeypatch, capsys, tmp_path):
