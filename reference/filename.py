@@ -85,15 +85,49 @@ def qobject_to_json(obj: Any) -> str:
     """qobject_to_json: ``{"key": value, ...}`` with a QDict's keys in its
     iteration order (hash bucket, then newest first within a bucket)."""
     if isinstance(obj, dict):
-        items = ", ".join(f"{json.dumps(k)}: {qobject_to_json(obj[k])}" for k in qdict_order(obj))
-        return "{" + items + "}"
+        items = []
+        for k in qdict_order(obj):
+            items.append(_json_string(k) + ": " + qobject_to_json(obj[k]))
+        return "{" + ", ".join(items) + "}"
+    if isinstance(obj, str):
+        return _json_string(obj)
     return json.dumps(obj)
 
 
 def qdict_order(d: dict[str, Any]) -> list[str]:
     """The order qdict_first/qdict_next visit ``d``'s keys (inserted in dict order)."""
-    index = {k: i for i, k in enumerate(d)}
-    return sorted(d, key=lambda k: (tdb_hash(k) % QDICT_BUCKET_MAX, -index[k]))
+    order = []
+    for i, k in enumerate(d):
+        order.append((_bucket(k), -i, k))
+    order.sort()
+    return [k for _, _, k in order]
+
+
+#: what :func:`_bucket` and :func:`_json_string` computed, per string: a run refreshes
+#: json: filenames of the same few keys and names over and over (a tenth of a run with
+#: filters went to hashing and quoting them again); cleared when it grows past
+#: :data:`_MEMO_MAX`, which no case's names come near
+_BUCKETS: dict[str, int] = {}
+_QUOTED: dict[str, str] = {}
+_MEMO_MAX = 4096
+
+
+def _bucket(key: str) -> int:
+    bucket = _BUCKETS.get(key)
+    if bucket is None:
+        if len(_BUCKETS) >= _MEMO_MAX:
+            _BUCKETS.clear()
+        bucket = _BUCKETS[key] = tdb_hash(key) % QDICT_BUCKET_MAX
+    return bucket
+
+
+def _json_string(text: str) -> str:
+    quoted = _QUOTED.get(text)
+    if quoted is None:
+        if len(_QUOTED) >= _MEMO_MAX:
+            _QUOTED.clear()
+        quoted = _QUOTED[text] = json.dumps(text)
+    return quoted
 
 
 def tdb_hash(key: str) -> int:
