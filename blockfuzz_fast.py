@@ -4,10 +4,12 @@
 of ``reference`` but its ``__init__``) and the harness modules every run goes
 through (:data:`MODULES`) from their unchanged Python sources, into
 ``.fast/<python tag>/``, with a digest of the sources next to them. Beside
-ten of the model's modules and the model's backend, Cython declarations
-(``reference/*.pxd``, ``harness/backends/reference.pxd``, which
-Python never reads) make the node, edge, job, event-loop and image-data
-classes extension types, with C struct fields instead of instance dicts, and
+ten of the model's modules, the model's backend, the choice sources and pct's
+learned grammar, Cython declarations (``reference/*.pxd``,
+``harness/backends/reference.pxd``, ``harness/choices.pxd``,
+``harness/learning.pxd``, which Python never reads) make the node, edge, job,
+event-loop, image-data, choice-source and grammar classes extension types,
+with C struct fields instead of instance dicts, and
 the drain walks and chain helpers ``cpdef`` functions; the sources' own
 annotations type the arguments. The
 ``reference``, ``harness`` and ``harness.backends`` packages call

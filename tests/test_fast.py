@@ -23,6 +23,7 @@ from harness.backends.reference import run_case
 from harness.choices import RandomSource
 from harness.corpus import iter_cases, judge
 from harness.generate import run_generated
+from harness.learning import GrammarModel, LearnedPCTSource
 h = hashlib.sha256()
 def add(obs, out):
     f = obs.finding
@@ -33,6 +34,12 @@ for bugs in ((), ("stream-prepare-no-drain",), ("stream-prepare-ref-only",)):
     for seed in range(int(sys.argv[1])):
         case, obs, out = run_generated(RandomSource(seed), bugs)
         add(obs, out)
+model = GrammarModel()
+for seed in range(int(sys.argv[1]) // 4):       # pct's sources and its grammar, learning
+    source = LearnedPCTSource(seed, 1 + seed % 3, 10, model)
+    case, obs, out = run_generated(source, ("stream-prepare-no-drain",))
+    add(obs, out)
+    model.learn(source.generated, 0.01 if seed % 5 == 0 else None)
 for case in iter_cases("corpus"):
     obs = run_case(case)
     add(obs, judge(case, obs))
@@ -209,7 +216,9 @@ def test_every_attribute_an_extension_type_sets_is_declared():
     builds only. Name it here instead."""
     import glob
     checked = 0
-    pxds = sorted(glob.glob(os.path.join(REPO, "reference", "*.pxd")))
+    pxds = sorted(glob.glob(os.path.join(REPO, "reference", "*.pxd")) +
+                  glob.glob(os.path.join(REPO, "harness", "*.pxd")) +
+                  glob.glob(os.path.join(REPO, "harness", "backends", "*.pxd")))
     every: dict[str, set[str]] = {}
     for pxd in pxds:
         every.update(_declared_fields(pxd))
@@ -219,7 +228,9 @@ def test_every_attribute_an_extension_type_sets_is_declared():
             missing = assigned.get(cls, set()) - fields
             assert not missing, f"{os.path.basename(pxd)}: {cls} sets {sorted(missing)} without declaring them"
             checked += 1
-    assert checked >= 11     # node, edge, image data, job and its three kinds, timer, loop, yield,\n                             # coroutine, machine
+    # the model's node, edge, image data, jobs, loop and machine types; the choice sources,
+    # the learned grammar and the recent shares
+    assert checked >= 19
 
 
 def test_a_build_removes_compiled_modules_no_longer_listed(tmp_path):
