@@ -16,3 +16,4 @@ cdef class RecentShares:
 cdef class LearnedPCTSource(PCTSource):
     cdef public GrammarModel model
     cdef public list generated
+    cdef public object _random

@@ -54,17 +54,28 @@ class GrammarModel:
 
     def __init__(self) -> None:
         self.weights: dict[tuple[str, int], list[float]] = {k: list(w) for k, w in PRIOR.items()}
-        self.cumulative: dict[tuple[str, int], list[float]] = {}   # running sums, until the next lesson
+        #: running sums (``()``: no weights, uniform), until the next lesson
+        self.cumulative: dict[tuple[str, int], list[float] | tuple] = {}
         self.lessons = 0
 
     def sample(self, rng: random.Random, label: str, n: int) -> int:
+        return self.draw(rng.random, label, n)
+
+    def draw(self, random, label: str, n: int) -> int:
+        """:meth:`sample` with ``rng.random`` bound once by the caller: a uniform draw
+        for a decision nothing taught (and for :data:`EXPLORE` of the others), else one
+        by the learned weights. The running sums are kept per (label, range) until the
+        next lesson, ``()`` for a pair without weights: one dict lookup a decision, the
+        hot path of a pct case's hundred-odd generator decisions."""
         key = (label, n)
-        if key not in self.weights or rng.random() < EXPLORE:
-            return int(rng.random() * n)
         cum = self.cumulative.get(key)
         if cum is None:
-            cum = self.cumulative[key] = list(accumulate(self.weights[key]))
-        return min(n - 1, bisect(cum, rng.random() * cum[-1]))
+            weights = self.weights.get(key)
+            cum = self.cumulative[key] = () if weights is None else list(accumulate(weights))
+        if not cum or random() < EXPLORE:
+            return int(random() * n)
+        value = bisect(cum, random() * cum[-1])
+        return value if value < n else n - 1
 
     def learn(self, decisions: Iterable[tuple[str, int, int]], rarest_share: float | None) -> bool:
         """Weigh a run's generator decisions by how rare its rarest cell is; True if it taught."""
@@ -135,6 +146,7 @@ class LearnedPCTSource(PCTSource):
         super().__init__(seed, depth, n_steps_estimate)
         self.model = model
         self.generated: list[tuple[str, int, int]] = []
+        self._random = self.rng.random
 
     def choose(self, n: int, label: str, keys: Sequence[Hashable] | None = None) -> int:
         """:meth:`~harness.choices.ChoiceSource.choose`, with the generator's decisions
@@ -143,7 +155,7 @@ class LearnedPCTSource(PCTSource):
         if n <= 1:
             return 0
         if keys is None:
-            value = self.model.sample(self.rng, label, n)
+            value = self.model.draw(self._random, label, n)
             self.generated.append((label, n, value))
         else:
             value = self._pick(n, label, keys)
