@@ -13,7 +13,7 @@ one call to the test case's random generator.
 one hypothesis call, under the default backend's own name: hypothesis grows its
 tree of choice sequences, mutates and shrinks only for that backend, and all of
 that stays as it was; only the generate phase's fresh bytes come cheaper. Where
-hypothesis has no such provider (before the choice-sequence rewrite), nothing
+hypothesis has no such provider, or draws bytes in another form, nothing
 changes.
 """
 from __future__ import annotations
@@ -21,12 +21,19 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
+import inspect
+
 try:
     from hypothesis.internal.conjecture import providers as _providers
     from hypothesis.internal.conjecture.providers import HypothesisProvider
 except ImportError:       # pragma: no cover - hypothesis before choice sequences
     _providers = None
     HypothesisProvider = object
+
+#: whether this hypothesis's provider draws bytes as ``draw_bytes(min_size, max_size)``,
+#: the form :class:`WholeBlockProvider` overrides (older ones took one size)
+SUPPORTED = _providers is not None and {"min_size", "max_size"} <= set(
+    inspect.signature(HypothesisProvider.draw_bytes).parameters)
 
 
 class WholeBlockProvider(HypothesisProvider):   # type: ignore[misc, valid-type]
@@ -45,7 +52,7 @@ class WholeBlockProvider(HypothesisProvider):   # type: ignore[misc, valid-type]
 def whole_blocks() -> Iterator[None]:
     """Within: hypothesis's default backend draws fixed-size byte strings whole."""
     table = getattr(_providers, "AVAILABLE_PROVIDERS", None)
-    if table is None or "hypothesis" not in table:     # pragma: no cover - other hypothesis
+    if not SUPPORTED or table is None or "hypothesis" not in table:  # pragma: no cover - other hypothesis
         yield
         return
     before = table["hypothesis"]
