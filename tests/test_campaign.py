@@ -216,6 +216,29 @@ def test_a_hypothesis_run_budget_is_met_exactly(capsys, runs):
     assert rc == 0 and lines[1].startswith(f"runs {runs} in ")
 
 
+def test_hypothesis_campaigns_draw_their_blocks_whole(monkeypatch):
+    """Each example's bytes come from harness.blocks's provider, in generation and while
+    a finding is shrunk; outside a campaign hypothesis has its own again."""
+    from hypothesis.internal.conjecture.providers import AVAILABLE_PROVIDERS, HypothesisProvider
+
+    from harness.blocks import SUPPORTED, WholeBlockProvider
+    if not SUPPORTED:
+        pytest.skip("this hypothesis draws bytes in another form")
+    providers = []
+    real = campaign._hypothesis_case
+
+    def seen(c, data, out, *signature):
+        providers.append(type(data.conjecture_data.provider))
+        real(c, data, out, *signature)
+    monkeypatch.setattr(campaign, "_hypothesis_case", seen)
+    c = Campaign(Config(engine="hypothesis", bugs=(NO_DRAIN,), seed=5, budget=Budget(runs=600),
+                        minimize=False))
+    campaign.run_hypothesis(c)
+    assert c.signatures                            # it found, and shrank, something
+    assert WholeBlockProvider in providers and set(providers) <= {WholeBlockProvider, HypothesisProvider}
+    assert AVAILABLE_PROVIDERS["hypothesis"] is not WholeBlockProvider
+
+
 def test_a_failing_case_is_shrunk_alone_by_hypothesis(monkeypatch):
     """The case that failed inside a batch is replayed on its own from an example
     database and shrunk there: every shrink example is one case, the result is

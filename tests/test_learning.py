@@ -38,6 +38,16 @@ def test_sampling_follows_what_was_learned_but_keeps_exploring():
     assert set(Counter(model.sample(rng, "gen:x", 5) for _ in range(500))) == set(range(5))
 
 
+def test_a_lesson_reaches_a_decision_that_was_sampled_uniformly_before_it():
+    """The grammar remembers that an untaught (label, range) is uniform until the
+    next lesson; a lesson on it must end that."""
+    model, rng = GrammarModel(), random.Random(7)
+    assert set(Counter(model.sample(rng, "gen:z", 3) for _ in range(300))) == {0, 1, 2}
+    assert model.learn([("gen:z", 3, 1)], RARE / 1000)     # the largest lesson a run gives
+    counts = Counter(model.sample(rng, "gen:z", 3) for _ in range(3000))
+    assert counts[1] / 3000 > 1 - EXPLORE
+
+
 def test_the_learned_source_keeps_generator_decisions_and_schedules_with_pct():
     src = LearnedPCTSource(seed=1, depth=1, n_steps_estimate=5, model=GrammarModel())
     a = src.choose(10, "gen:a")
