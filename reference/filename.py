@@ -87,10 +87,10 @@ def qobject_to_json(obj: Any) -> str:
     if isinstance(obj, dict):
         items = []
         for k in qdict_order(obj):
-            items.append(_json_string(k) + ": " + qobject_to_json(obj[k]))
+            items.append(_string(k)[1] + ": " + qobject_to_json(obj[k]))
         return "{" + ", ".join(items) + "}"
     if isinstance(obj, str):
-        return _json_string(obj)
+        return _string(obj)[1]
     return json.dumps(obj)
 
 
@@ -98,36 +98,27 @@ def qdict_order(d: dict[str, Any]) -> list[str]:
     """The order qdict_first/qdict_next visit ``d``'s keys (inserted in dict order)."""
     order = []
     for i, k in enumerate(d):
-        order.append((_bucket(k), -i, k))
+        order.append((_string(k)[0], -i, k))
     order.sort()
     return [k for _, _, k in order]
 
 
-#: what :func:`_bucket` and :func:`_json_string` computed, per string: a run refreshes
+#: per string, its QDict bucket and its JSON quoting (:func:`_string`): a run refreshes
 #: json: filenames of the same few keys and names over and over (a tenth of a run with
 #: filters went to hashing and quoting them again); cleared when it grows past
 #: :data:`_MEMO_MAX`, which no case's names come near
-_BUCKETS: dict[str, int] = {}
-_QUOTED: dict[str, str] = {}
+_STRINGS: dict[str, tuple[int, str]] = {}
 _MEMO_MAX = 4096
 
 
-def _bucket(key: str) -> int:
-    bucket = _BUCKETS.get(key)
-    if bucket is None:
-        if len(_BUCKETS) >= _MEMO_MAX:
-            _BUCKETS.clear()
-        bucket = _BUCKETS[key] = tdb_hash(key) % QDICT_BUCKET_MAX
-    return bucket
-
-
-def _json_string(text: str) -> str:
-    quoted = _QUOTED.get(text)
-    if quoted is None:
-        if len(_QUOTED) >= _MEMO_MAX:
-            _QUOTED.clear()
-        quoted = _QUOTED[text] = json.dumps(text)
-    return quoted
+def _string(text: str) -> tuple[int, str]:
+    """``text``'s QDict hash bucket and its JSON form, remembered."""
+    known = _STRINGS.get(text)
+    if known is None:
+        if len(_STRINGS) >= _MEMO_MAX:
+            _STRINGS.clear()
+        known = _STRINGS[text] = (tdb_hash(text) % QDICT_BUCKET_MAX, json.dumps(text))
+    return known
 
 
 def tdb_hash(key: str) -> int:

@@ -47,13 +47,15 @@ def test_qdict_order_is_bucket_order_not_insertion_order():
 
 
 def test_the_remembered_buckets_and_quotes_stay_bounded_and_right():
+    import json
+
     from reference import filename
     names = [f"node{i}\"x" for i in range(filename._MEMO_MAX + 10)]
     for name in names:
         assert qobject_to_json({name: name}) == f'{{"node{name[4:-2]}\\"x": "node{name[4:-2]}\\"x"}}'
-    assert len(filename._BUCKETS) <= filename._MEMO_MAX and len(filename._QUOTED) <= filename._MEMO_MAX
+    assert len(filename._STRINGS) <= filename._MEMO_MAX
     for name in names[:3] + names[-3:]:      # forgotten or remembered, the same answer
-        assert filename._bucket(name) == tdb_hash(name) % 512
+        assert filename._string(name) == (tdb_hash(name) % 512, json.dumps(name))
 
 
 def test_stream_over_a_named_filter_writes_the_json_string():
