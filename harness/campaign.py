@@ -44,7 +44,7 @@ from harness.cells import REQUIRED, CellCoverage
 from harness.choices import PCTSource, RandomSource, pct_bound
 from harness.corpus import FindingStore, Outcome, StoredFinding, iter_cases, judge
 from harness.errors import UsageError
-from harness.generate import run_generated
+from harness.generate import run_generated, run_generated_batch
 from harness.learning import RecentShares
 
 ENGINES = ("random", "pct", "hypothesis", "atheris")
@@ -54,6 +54,7 @@ FOCUS_MAX = 32              # extra PCT schedules at most for a case that reache
 FOCUS_SCALE = 0.2           # ... FOCUS_SCALE / (share of runs that reached its rarest cell)
 HYPOTHESIS_CHUNK = 50       # examples per hypothesis call (a fresh seed each)
 HYPOTHESIS_BATCH = 8        # fresh cases per hypothesis example
+RANDOM_BATCH = 32           # random runs generated, then run, then judged together
 DATABASE_KEY = b"blockfuzz-finding"  # where a failing case waits for hypothesis to shrink it
 MINIMIZE_RUNS = 2000        # model runs a campaign spends minimizing one finding
 TARGET = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -149,6 +150,12 @@ class Campaign:
 
     def done(self) -> bool:
         return self.stopped or self.config.budget.spent(self.stats.runs, self.stats.elapsed)
+
+    def runs_left(self, most: int) -> int:
+        """How many runs the next batch may hold: ``most``, or fewer where the run
+        budget ends sooner (at least one)."""
+        runs = self.config.budget.runs
+        return most if runs is None else max(1, min(most, runs - self.stats.runs))
 
     def observe(self, case: Case, observation, outcome: Outcome) -> None:
         """Account for one generated run."""
@@ -255,10 +262,19 @@ def needs(result) -> tuple[str, ...]:
 # -- engines ----------------------------------------------------------------------
 
 def run_random(c: Campaign, first: int = 0, stride: int = 1) -> None:
+    """Uniform choices, run ``index`` from seed :func:`run_seed` (``first``, then every
+    ``stride``-th), in batches of :data:`RANDOM_BATCH` run stage by stage
+    (:func:`~harness.generate.run_generated_batch`); a run after the campaign is done
+    (its first finding, its time) is not counted."""
     index = first
     while not c.done():
-        c.observe(*run_generated(RandomSource(run_seed(c.config.seed, index)), c.config.bugs))
-        index += stride
+        n = c.runs_left(RANDOM_BATCH)
+        sources = [RandomSource(run_seed(c.config.seed, index + k * stride)) for k in range(n)]
+        index += n * stride
+        for run in run_generated_batch(sources, c.config.bugs):
+            if c.done():
+                return
+            c.observe(*run)
 
 
 def run_pct(c: Campaign, first: int = 0, stride: int = 1) -> None:
@@ -294,17 +310,25 @@ def _pct_shape(c: Campaign, index: int) -> tuple[int, int]:
     return 1 + index % c.config.depth, max(c.stats.pct_steps, PCT_FIRST_ESTIMATE if not c.stats.runs else 1)
 
 
-def _pct_source(c: Campaign, seed: int, index: int) -> PCTSource:
-    return PCTSource(seed, *_pct_shape(c, index))
-
-
 def _focus(c: Campaign, case: Case, index: int, runs: int) -> None:
+    """``case`` under ``runs`` more PCT schedules: all of them run, then all judged (as
+    :func:`~harness.generate.run_generated_batch` does, for the processor's caches). Each
+    schedule's step estimate counts the steps of those before it, as when each run was
+    noted before the next one began; a run after the campaign is done is not counted."""
     from harness.backends.reference import run_case
-    for j in range(runs):
+    if c.done():
+        return
+    sources, observations = [], []
+    steps = 0
+    for j in range(c.runs_left(runs)):
+        depth, estimate = _pct_shape(c, j)
+        source = PCTSource(run_seed(c.config.seed, index) ^ ((j + 1) << 48), depth, max(estimate, steps))
+        observations.append(run_case(case, source))
+        sources.append(source)
+        steps = max(steps, source.steps)
+    for source, observation in zip(sources, observations):
         if c.done():
             return
-        source = _pct_source(c, run_seed(c.config.seed, index) ^ ((j + 1) << 48), j)
-        observation = run_case(case, source)
         c.stats.focus_runs += 1
         c.note_pct(source)
         c.observe(case.with_schedule({"choices": list(source.recorded)}), observation,

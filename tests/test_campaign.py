@@ -427,6 +427,25 @@ def test_time_to_first_finding():
     assert time_to_first_finding("random", NO_DRAIN, 0, 3, signature="hang@nowhere")[0::2] == (3, "ok")
 
 
+def test_random_runs_in_batches_but_counts_and_stops_run_by_run():
+    """The random engine runs RANDOM_BATCH cases at a time; its run budget is still met
+    exactly and its first finding is the run the one-by-one loop would find first."""
+    for runs in (1, campaign.RANDOM_BATCH + 1, 2 * campaign.RANDOM_BATCH - 1):
+        c = Campaign(Config(seed=3, budget=Budget(runs=runs), minimize=False))
+        campaign.run_random(c)
+        assert c.stats.runs == runs
+    seed = 2
+    first = next(i for i in range(1000)
+                 if run_generated(RandomSource(run_seed(seed, i)), (REF_ONLY,))[2].kind != "ok")
+    assert first > campaign.RANDOM_BATCH                       # not in the first batch
+    runs, _, verdict = time_to_first_finding("random", REF_ONLY, seed, 1000)
+    assert (runs, verdict != "ok") == (first + 1, True)
+    c = Campaign(Config(bugs=(REF_ONLY,), seed=seed, budget=Budget(runs=1000), minimize=False,
+                        stop_at_first=True))
+    campaign.run_random(c)
+    assert c.stats.runs == first + 1                           # none of its batch after it
+
+
 def test_status_line_and_summary_name_what_happened():
     c = Campaign(Config(engine="pct", bugs=(REF_ONLY,)))
     c.stats = Stats(started=c.stats.started, runs=42)

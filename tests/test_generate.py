@@ -12,7 +12,7 @@ from harness.choices import BytesSource, RandomSource, RecordedSource
 from harness.corpus import judge
 from harness.generate import (
     COMMAND_TABLE, MAX_COMMANDS, byte_layout, gen_swarm, generate, generate_with_spans,
-    mutate_structure, pick, run_generated, weighted,
+    mutate_structure, pick, run_generated, run_generated_batch, weighted,
 )
 
 SEEDS = range(300)
@@ -150,6 +150,23 @@ def test_run_generated_replays_from_all_choices_and_from_the_case_alone():
         assert alone.events == observation.events
         assert list(case.schedule["choices"]) == src.recorded[len(src.recorded) - len(case.schedule["choices"]):]
     assert kinds["ok"] < 3000 and kinds["use-after-free"] > 0
+
+
+def test_a_batch_gives_what_one_run_per_source_gives():
+    """run_generated_batch runs stage by stage but must give, run for run, the case, the
+    observation and the verdict that run_generated gives for the same source."""
+    bugs = ("stream-prepare-no-drain",)
+    seeds = range(1640, 1680)            # seed 1657 shows a use-after-free
+    sources = [RandomSource(s) for s in seeds]
+    one_by_one = [run_generated(source, bugs) for source in sources]
+    batch_sources = [RandomSource(s) for s in seeds]
+    batched = run_generated_batch(batch_sources, bugs)
+    assert len(batched) == len(one_by_one)
+    for (case, obs, verdict), (case2, obs2, verdict2) in zip(one_by_one, batched):
+        assert (case2, verdict2) == (case, verdict)
+        assert (obs2.events, obs2.replies) == (obs.events, obs.replies)
+    assert {v.kind for _, _, v in batched} != {"ok"}       # the batch holds a finding
+    assert [s.recorded for s in batch_sources] == [s.recorded for s in sources]
 
 
 # -- the atheris mutator ----------------------------------------------------------
