@@ -575,13 +575,7 @@ def run_generated(source: ChoiceSource, bugs: Sequence[str] = ()):
         scheduling) replays through :func:`run_generated` with a
         :class:`~harness.choices.RecordedSource`.
     """
-    from harness.backends.reference import run_case
-    from harness.corpus import judge
-
-    generated = generate_with_spans(source, bugs)
-    observation = run_case(generated.case, source, bugs=tuple(bugs))
-    case = generated.case.with_schedule({"choices": source.recorded[generated.choices_used:]})
-    return case, observation, judge(case, observation)
+    return run_generated_batch((source,), bugs)[0]
 
 
 def run_generated_batch(sources: Sequence[ChoiceSource], bugs: Sequence[str] = ()) -> list:

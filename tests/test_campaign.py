@@ -427,13 +427,20 @@ def test_time_to_first_finding():
     assert time_to_first_finding("random", NO_DRAIN, 0, 3, signature="hang@nowhere")[0::2] == (3, "ok")
 
 
-def test_random_runs_in_batches_but_counts_and_stops_run_by_run():
+def test_random_runs_in_batches_but_counts_and_stops_run_by_run(monkeypatch):
     """The random engine runs RANDOM_BATCH cases at a time; its run budget is still met
-    exactly and its first finding is the run the one-by-one loop would find first."""
+    exactly, with no case run past it, and its first finding is the run the one-by-one
+    loop would find first."""
+    batches = []
+    real = campaign.run_generated_batch
+    monkeypatch.setattr(campaign, "run_generated_batch",
+                        lambda sources, bugs: (batches.append(len(sources)), real(sources, bugs))[1])
     for runs in (1, campaign.RANDOM_BATCH + 1, 2 * campaign.RANDOM_BATCH - 1):
+        batches.clear()
         c = Campaign(Config(seed=3, budget=Budget(runs=runs), minimize=False))
         campaign.run_random(c)
-        assert c.stats.runs == runs
+        assert c.stats.runs == sum(batches) == runs
+        assert max(batches) <= campaign.RANDOM_BATCH
     seed = 2
     first = next(i for i in range(1000)
                  if run_generated(RandomSource(run_seed(seed, i)), (REF_ONLY,))[2].kind != "ok")
@@ -444,6 +451,25 @@ def test_random_runs_in_batches_but_counts_and_stops_run_by_run():
                         stop_at_first=True))
     campaign.run_random(c)
     assert c.stats.runs == first + 1                           # none of its batch after it
+
+
+@pytest.mark.parametrize("runs", [40, 301])
+def test_pct_focus_runs_replay_and_meet_the_run_budget(monkeypatch, runs):
+    """Focus runs all run before any is judged: each kept run's case must still replay,
+    from its recorded schedule alone, to the observation it was counted with, and a
+    run budget that ends inside a focus batch is met exactly."""
+    from harness.backends.reference import run_case
+    from harness.corpus import judge
+    c = Campaign(Config(engine="pct", bugs=(NO_DRAIN,), seed=1, budget=Budget(runs=runs), minimize=False))
+    seen = []
+    real = c.observe
+    monkeypatch.setattr(c, "observe", lambda case, obs, outcome: (seen.append((case, obs, outcome)),
+                                                                   real(case, obs, outcome)))
+    campaign.run_pct(c)
+    assert c.stats.runs == runs and c.stats.focus_runs > 0
+    for case, obs, outcome in seen:
+        again = run_case(case)
+        assert (again.events, judge(case, again)) == (obs.events, outcome)
 
 
 def test_status_line_and_summary_name_what_happened():
