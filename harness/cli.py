@@ -28,7 +28,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 class _Parser(argparse.ArgumentParser):
+    """No abbreviated options: with them ``diff CASE --qemu PATH`` would be taken as
+    ``--qemu-trace PATH`` and run the QEMU on PATH; a misspelt option is bad input."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # one line, exit 2, as for every bad input
+        if message.startswith("unrecognized arguments"):
+            message += f" (options are spelt out in full: `{self.prog} COMMAND --help` lists them)"
         raise UsageError(f"{self.prog}: {message}")
 
 
