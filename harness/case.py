@@ -35,6 +35,8 @@ FORMAT = "blockfuzz-case/1"
 DEFAULT_SIZE = 1 << 20
 DEFAULT_CLUSTER_SIZE = 64 << 10
 DEFAULT_SCHEDULE = {"policy": "random", "seed": 0}
+#: schedule keys that are options of the run rather than its choice source
+SCHEDULE_OPTIONS = ("metadata-io",)
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "case_schema.json")
 
 #: QMP commands a case may send, with QEMU 7.2's names.
@@ -118,6 +120,11 @@ class Case:
     expect: Mapping[str, Any] | None = None
     description: str = ""
     path: str | None = field(default=None, compare=False)
+
+    def schedule_options(self) -> dict[str, Any]:
+        """The schedule's options that are not a choice source (``metadata-io``), which
+        a new schedule for the same case keeps."""
+        return {k: v for k, v in (self.schedule or {}).items() if k in SCHEDULE_OPTIONS}
 
     def with_schedule(self, schedule: Mapping[str, Any]) -> "Case":
         """``dataclasses.replace(self, schedule=schedule)``, at a twelfth of its cost (the

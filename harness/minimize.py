@@ -106,7 +106,7 @@ def with_choices(case: Case, choices: Sequence[int]) -> Case:
     choices = list(choices)
     while choices and choices[-1] == 0:
         choices.pop()
-    return replace(case, schedule={"choices": choices})
+    return replace(case, schedule={"choices": choices, **case.schedule_options()})
 
 
 def minimize(case: Case, kind: str | None = None, run: Callable[[Case], Run] = run_on_model,
@@ -196,7 +196,7 @@ def shrink_schedule(search: _Search) -> None:
         return list(c.schedule.get("choices", ()))
 
     def put(c: Case, items: list[int]) -> Case:
-        return replace(c, schedule={"choices": items})
+        return replace(c, schedule={"choices": items, **c.schedule_options()})
 
     _drop_chunks(search, choices, put)
     for i in range(len(choices(search.best)) - 1, -1, -1):

@@ -51,6 +51,8 @@ class CommitJob(Job):
             yield from self.sleep_ns(delay)
             if self.is_cancelled():
                 break
+            if m.metadata_io:
+                yield from self.read_metadata(self.top_bs, self.base_overlay)
             copy, n = m.is_allocated_above(self.top_bs, self.base_overlay, offset, COMMIT_BUFFER_SIZE)
             if n == 0:
                 n = length - offset
@@ -182,6 +184,8 @@ class MirrorCommitJob(Job):
         src = self.src_bs
         length = src.data.size
         self.len = length
+        if m.metadata_io:
+            yield from self.read_metadata(src, self.base_overlay)
         self.dirty = m.allocated_ranges(src, self.base_overlay)
         delay = 0
         while True:

@@ -13,8 +13,8 @@ import os
 from typing import TYPE_CHECKING, Generator
 
 from reference.errors import IllegalTransition, QMPError
-from reference.graph import (bdrv_attach_child, bdrv_op_block_all, bdrv_op_unblock_all,
-                             bdrv_unref_child)
+from reference.graph import (bdrv_attach_child, bdrv_filter_or_cow_bs, bdrv_op_block_all,
+                             bdrv_op_unblock_all, bdrv_unref_child)
 from reference.loop import YIELD_IO, YIELD_WAIT, Coroutine, Yield
 
 if TYPE_CHECKING:
@@ -237,6 +237,26 @@ class Job:
         self.in_flight += 1
         yield YIELD_IO
         self.in_flight -= 1
+
+    def read_metadata(self, top, base_overlay) -> Generator:
+        """With ``Machine.metadata_io`` (the caller asks): a block-status query from ``top`` down to
+        ``base_overlay`` first reads the L2 tables of the qcow2 images it reaches that
+        QEMU has not cached yet, one I/O the job waits for, busy (qcow2_co_block_status;
+        QEMU's trace shows qcow2_cache_get_read for each image on a stream's first
+        iteration). A job asked to pause then reaches its pause point only after it."""
+        loaded = self.m.metadata_loaded
+        missing = False
+        bs = top
+        while bs is not None and bs.freed_at is None:
+            data = bs.data
+            if data is not None and not data.raw and bs not in loaded:
+                loaded.add(bs)
+                missing = True
+            if bs is base_overlay:
+                break
+            bs = bdrv_filter_or_cow_bs(bs)
+        if missing:
+            yield from self.io()
 
     def ratelimit_calculate_delay(self, n: int) -> int:
         """block_job_ratelimit_get_delay / ratelimit_calculate_delay on virtual time.

@@ -16,7 +16,8 @@ cdef class Machine:
     cdef public list job_order, events, completing, errors, trace, all_nodes
     cdef public object bugs, cells, top_node
     cdef public Py_ssize_t cmd_index, drain_depth, auto_counter
-    cdef public bint opening
+    cdef public bint opening, metadata_io
+    cdef public set metadata_loaded
 
     cpdef str step_label(self)
     cpdef str stamp(self, str where)

@@ -51,6 +51,12 @@ class Machine:
         #: command index -> block jobs whose speed limit x-wait-jobs lifts there, in order
         #: (what the QEMU backend did on QEMU; only `blockfuzz diff` asks for it)
         self.unthrottle: dict[int, list[str]] = {}
+        #: qcow2 metadata reads as I/O (only `blockfuzz diff`'s gap search asks for it):
+        #: the first block-status query that reaches a qcow2 image reads its L2 table
+        #: (and refcount block) from disk, and the job waits for it, busy; ``metadata_loaded``
+        #: holds the images whose tables QEMU has cached by then
+        self.metadata_io = False
+        self.metadata_loaded: set = set()
         self.events: list[dict] = []
         self.bugs = frozenset(bugs)
         self.cells: set[str] = set()
@@ -80,6 +86,7 @@ class Machine:
             bs.m = None
             bs.mirror_job = None        # a mirror_top filter and its job point at each other
         self.all_nodes = []
+        self.metadata_loaded = set()
         for job in self.jobs.values():
             job.co = None               # the coroutine's callbacks are the job's
             job.sleep_timer = None      # so is the timer's
@@ -369,6 +376,7 @@ class Machine:
             if job is not None and not job.exited:
                 job.mark_dirty(offset, offset + length)
             bs = bdrv_filter_or_cow_bs(bs)
+        self.metadata_loaded.add(bs)
         self.write(bs, offset, offset + length, [(offset, offset + length, pattern)])
 
     def guest_view(self) -> list[list[int]]:

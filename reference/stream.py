@@ -48,6 +48,8 @@ class StreamJob(Job):
             yield from self.sleep_ns(delay)
             if self.is_cancelled():
                 break
+            if m.metadata_io:
+                yield from self.read_metadata(bs, self.base_overlay)
             allocated, n = bs.data.block_status(offset, STREAM_CHUNK)
             copy = False
             if not allocated:

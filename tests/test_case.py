@@ -389,7 +389,11 @@ SCHEMA_ERRORS = [
     (lambda d: d.update(schedule={"choices": 3}),
      "c.json: $.schedule.choices: expected a list of integers >= 0, got 3"),
     (lambda d: d.update(schedule={"choices": [], "seed": 0}),
-     "c.json: $.schedule: unknown key 'seed'; expected one of 'choices'"),
+     "c.json: $.schedule: unknown key 'seed'; expected one of 'choices', 'metadata-io'"),
+    (lambda d: d.update(schedule={"choices": [], "metadata-io": "yes"}),
+     "c.json: $.schedule.metadata-io: expected true or false, got \"yes\""),
+    (lambda d: d.update(schedule={"policy": "pct", "seed": 1, "metadata_io": True}),
+     "c.json: $.schedule: unknown key 'metadata_io'; did you mean 'metadata-io'?"),
     # expect
     (lambda d: d.update(expect="ok"), "c.json: $.expect: expected an expect object, got \"ok\""),
     (lambda d: d.update(expect={"verdict": "uaf"}),

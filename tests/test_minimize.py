@@ -68,6 +68,12 @@ def test_with_choices_drops_trailing_zeros_and_preemptions_counts_the_rest():
     assert preemptions(with_choices(CASE, [])) == 0
 
 
+def test_a_new_schedule_keeps_the_cases_metadata_io_option():
+    import dataclasses
+    timed = dataclasses.replace(CASE, schedule={"policy": "random", "seed": 4, "metadata-io": True})
+    assert with_choices(timed, [2, 0]).schedule == {"choices": [2], "metadata-io": True}
+
+
 @pytest.mark.parametrize("bug,kind", [("stream-prepare-no-drain", "use-after-free"),
                                       ("stream-prepare-ref-only", "wrong-backing")])
 def test_the_030_regression_minimizes_within_the_seed_scenario(tmp_path, capsys, bug, kind):

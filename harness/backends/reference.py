@@ -62,11 +62,14 @@ def build(m: Machine, case: Case) -> None:
 
 def run_case(case: Case, source: ChoiceSource | None = None, *,
              bugs: Iterable[str] | None = None, trace: bool = False,
-             unthrottle: Mapping[int, Sequence[str]] | None = None) -> Observation:
+             unthrottle: Mapping[int, Sequence[str]] | None = None,
+             metadata_io: bool = False) -> Observation:
     """Run ``case`` on the model; never raises for a model fault. ``unthrottle``:
     command index (that of an x-wait-jobs, ``len(case.commands)`` for the implicit
     last one) -> block jobs whose speed limit it lifts first, in order (what the QEMU
-    backend did; see :func:`harness.differential.unthrottled`)."""
+    backend did; see :func:`harness.differential.unthrottled`). ``metadata_io``: a
+    job's first block-status query on a qcow2 image waits for a metadata read
+    (``Machine.metadata_io``; only ``diff``'s gap search asks for it)."""
     bug_ids = tuple(case.bugs if bugs is None else bugs)
     for b in bug_ids:
         if b not in BUGS:
@@ -75,6 +78,7 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
     m = Machine(source.choose, bug_ids, trace=trace)
     if unthrottle:
         m.unthrottle = {i: list(devices) for i, devices in unthrottle.items()}
+    m.metadata_io = metadata_io or bool((case.schedule or {}).get("metadata-io"))
     source.attach(m)
     obs = Observation()
     try:

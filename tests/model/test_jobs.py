@@ -1,4 +1,6 @@
 """The job state machine, verbs and events, through QMP on the model."""
+import dataclasses
+
 import pytest
 
 from harness.backends.reference import run_case
@@ -185,3 +187,80 @@ def test_a_finished_run_leaves_no_cycles_for_the_garbage_collector():
         gc.garbage.clear()
     assert {"ok", "use-after-free"} <= kinds    # faulting runs are among them
     assert left == []
+
+
+def _dismiss_refusal(obs) -> str:
+    return obs.replies[-1]["error"]["desc"]
+
+
+@pytest.mark.parametrize("metadata_io, between, state", [
+    (False, [1], "paused"),     # block status at once: the job is asleep when the pause comes
+    (True, [1], "running"),     # its first metadata read is in flight: the pause is only counted
+    (True, [0], "paused"),      # back to back: the stream has not left its first sleep yet
+    (True, [2], "paused"),      # the read completed before the pause came
+])
+def test_a_qcow2_metadata_read_keeps_a_stream_busy_past_a_pause(metadata_io, between, state):
+    """QEMU 7.2 reads each qcow2 image's L2 table on a stream's first block-status query
+    (corpus/regressions/qemu-fidelity-qcow2-metadata-read-keeps-a-job-busy.json)."""
+    case = chain_case(4, [("block-stream", {"device": "drive0", "base-node": "node0", "job-id": "s"}),
+                          ("job-pause", {"id": "s"}), ("job-dismiss", {"id": "s"})])
+    obs = run_case(case, RecordedSource(between), metadata_io=metadata_io)
+    assert obs.replies[:2] == [{"return": {}}, {"return": {}}]
+    assert _dismiss_refusal(obs) == f"Job 's' in state '{state}' cannot accept command verb 'dismiss'"
+    assert obs.job_statuses["s"] == ["created", "running", "paused"]
+
+
+def test_an_intermediate_commit_waits_for_its_metadata_read_too():
+    case = chain_case(4, [("block-commit", {"device": "drive0", "top-node": "node2",
+                                             "base-node": "node0", "job-id": "c"}),
+                          ("job-pause", {"id": "c"}), ("job-dismiss", {"id": "c"})])
+    state = lambda metadata_io: _dismiss_refusal(
+        run_case(case, RecordedSource([1]), metadata_io=metadata_io)).split("'")[3]
+    assert (state(False), state(True)) == ("paused", "running")
+
+
+def test_metadata_is_read_once_per_image_and_a_guest_write_reads_the_tops():
+    """An active commit of the top into node2 queries node3 alone, at its start."""
+    from harness.differential import Gaps
+    commit = ("block-commit", {"device": "drive0", "base-node": "node2", "job-id": "c"})
+    pause, dismiss = ("job-pause", {"id": "c"}), ("job-dismiss", {"id": "c"})
+    write = ("x-guest-write", {"offset": 0, "length": 65536, "pattern": 9})
+
+    def state(*commands, metadata_io=True):     # commands back to back
+        obs = run_case(chain_case(4, commands), Gaps(RecordedSource([])), metadata_io=metadata_io)
+        return _dismiss_refusal(obs).split("'")[3]
+    assert state(commit, pause, dismiss) == "running"
+    assert state(commit, pause, dismiss, metadata_io=False) == "paused"
+    assert state(write, commit, pause, dismiss) == "paused"
+
+
+def test_a_streams_later_iterations_read_no_metadata_again():
+    """Nothing to copy; node3's data at 512 KiB splits the stream into iterations. Gaps of
+    one loop iteration: 1 the timer (metadata read in flight), 2 the read completes and
+    the first iteration ends in its sleep, 3 the second iteration: cached, no read."""
+    from harness.case import Write
+    case = chain_case(4, [("block-stream", {"device": "drive0", "base-node": "node0", "job-id": "s"}),
+                          ("job-pause", {"id": "s"}), ("job-dismiss", {"id": "s"})],
+                      writes={3: (Write(512 << 10, 64 << 10, 3),)})
+    states = [_dismiss_refusal(run_case(case, RecordedSource([k]), metadata_io=True)).split("'")[3]
+              for k in (1, 2, 3)]
+    assert states == ["running", "paused", "paused"]
+
+
+def test_raw_images_have_no_metadata_to_read():
+    case = chain_case(2, [("block-stream", {"device": "drive0", "job-id": "s"}),
+                          ("job-pause", {"id": "s"}), ("job-dismiss", {"id": "s"})])
+    images = (case.images[0], dataclasses.replace(case.images[1], format="raw", filename="node1.raw"))
+    raw = dataclasses.replace(case, images=images)
+    assert "'running'" in _dismiss_refusal(run_case(case, RecordedSource([1]), metadata_io=True))
+    assert "'paused'" in _dismiss_refusal(run_case(raw, RecordedSource([1]), metadata_io=True))
+
+
+def test_the_case_schedule_turns_metadata_reads_on():
+    case = chain_case(4, [("block-stream", {"device": "drive0", "base-node": "node0", "job-id": "s"}),
+                          ("job-pause", {"id": "s"}), ("job-dismiss", {"id": "s"})])
+    on = dataclasses.replace(case, schedule={"choices": [1], "metadata-io": True})
+    off = dataclasses.replace(case, schedule={"choices": [1]})
+    assert "'running'" in _dismiss_refusal(run_case(on))
+    assert "'paused'" in _dismiss_refusal(run_case(off))
+    assert on.schedule_options() == {"metadata-io": True} and off.schedule_options() == {}

@@ -328,3 +328,26 @@ def test_the_model_lifts_speed_limits_as_qemu_did_and_reaches_qemus_order():
 def test_the_differ_runs_the_model_with_qemus_lifted_speed_limits_too(capsys):
     code, lines, err = diff(capsys, UNTHROTTLE)
     assert (code, lines, err) == (0, [f"PASS {UNTHROTTLE}", "1 passed, 0 failed"], "")
+
+
+METADATA = os.path.join(REPO, "corpus", "regressions",
+                        "qemu-fidelity-qcow2-metadata-read-keeps-a-job-busy.json")
+
+
+@pytest.mark.qemu
+def test_the_gap_search_ends_with_qcow2_metadata_reads_and_says_so():
+    """QEMU finds the stream 'running' after block-job-pause (its first iteration reads
+    each image's L2 table); the model reaches that only with metadata reads as I/O, so
+    the case without the option agrees through the last part of the search."""
+    import dataclasses
+    from harness.case import load
+    case = load(METADATA)
+    plain = dataclasses.replace(case, schedule={"choices": [1]})
+    with Differ(seeds=2) as differ:
+        result = differ.diff(plain)
+    assert result.ok, result.finding
+    assert result.model[-1][0] == ("back to back but 1 before command 1 (seed 0), "
+                                   "qcow2 metadata reads as I/O (schedule metadata-io)")
+    assert result.qemu.replies[2] == case.expect["replies"]["2"]
+    with Differ(seeds=2, run_gapped=None) as differ:       # no gap search: no agreement
+        assert differ.diff(plain).finding.kind == "qemu-mismatch"
