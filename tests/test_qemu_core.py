@@ -43,3 +43,32 @@ def test_only_core_dumping_signals_are_worth_a_backtrace(tmp_path):
         [True, True, False, False, False, False]
     assert take_backtrace("/bin/true", str(tmp_path)) == ()          # no core there
     assert take_backtrace("/bin/true", str(tmp_path / "absent")) == ()
+
+
+#: gdb 13 on the core of QEMU 7.2 failing an assertion (libc's debug symbols installed,
+#: so its abort path is named, with no library); docs/qemu-7.2-findings
+GDB_ASSERTION = """\
+Program terminated with signal SIGABRT, Aborted.
+#0  __pthread_kill_implementation (threadid=<optimized out>, signo=signo@entry=6, no_tid=no_tid@entry=0) at ./nptl/pthread_kill.c:44
+#1  0x00007fa4037b3f4f in __pthread_kill_internal (signo=6, threadid=<optimized out>) at ./nptl/pthread_kill.c:78
+#2  0x00007fa403764fb2 in __GI_raise (sig=sig@entry=6) at ../sysdeps/posix/raise.c:26
+#3  0x00007fa40374f472 in __GI_abort () at ./stdlib/abort.c:79
+#4  0x00007fa40374f395 in __assert_fail_base (fmt=0x7fa4038c4a90 "%s%s%s:%u: %s%sAssertion `%s' failed.\\n%n", assertion=assertion@entry=0x55f5fba53b00 "!bs->drv || !bs->drv->is_filter", file=file@entry=0x55f5fba531c5 "../../block.c", line=line@entry=8079, function=function@entry=0x55f5fba55110 "bdrv_do_skip_filters") at ./assert/assert.c:94
+#5  0x00007fa40375dec2 in __GI___assert_fail (assertion=0x55f5fba53b00 "!bs->drv || !bs->drv->is_filter", file=0x55f5fba531c5 "../../block.c", line=8079, function=0x55f5fba55110 "bdrv_do_skip_filters") at ./assert/assert.c:103
+#6  0x000055f5fb797e20 in ?? ()
+#7  0x000055f5fb7a3eae in bdrv_find_backing_image ()
+#8  0x000055f5fb78fd2d in qmp_block_stream ()
+#9  0x000055f5fb856e79 in qmp_marshal_block_stream ()
+"""
+
+
+def test_a_failed_assertion_is_known_by_qemus_frames_not_the_c_librarys_abort_path():
+    from harness.backends.qemu_process import QemuDied
+    frames = parse_backtrace(GDB_ASSERTION)
+    assert [f.function for f in frames[:3]] == ["__pthread_kill_implementation",
+                                                 "__pthread_kill_internal", "__GI_raise"]
+    assert crash_site(frames) == "bdrv_find_backing_image<qmp_block_stream"
+    died = QemuDied("qemu-system-x86_64", 7, -signal.SIGABRT, "", frames)
+    assert str(died).endswith(" in bdrv_find_backing_image")
+    assert QemuDied("q", 7, -signal.SIGABRT, "", frames[:6]).crashed_in == \
+        " in __pthread_kill_implementation"       # nothing of QEMU's: the innermost frame

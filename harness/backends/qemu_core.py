@@ -98,13 +98,24 @@ def parse_backtrace(text: str) -> tuple[Frame, ...]:
     return tuple(frames)
 
 
+def qemu_frames(frames: tuple[Frame, ...]) -> list[str]:
+    """The named frames of QEMU's own code, innermost first: not a shared library's,
+    and not the C library's abort path (``__GI_raise``, ``__GI_abort``,
+    ``__assert_fail_base``, ...: with libc's debug symbols installed gdb names them
+    without their library), which every failed assertion goes through."""
+    own: list[str] = []
+    for f in frames:
+        name = f.function
+        if f.library or name == "??" or name.startswith("__") or name in ("raise", "abort"):
+            continue
+        # gdb may show the innermost function twice when it unwinds a core without symbols
+        if not own or own[-1] != name:
+            own.append(name)
+    return own
+
+
 def crash_site(frames: tuple[Frame, ...], depth: int = 2) -> str:
     """The innermost ``depth`` named frames of QEMU's own code, innermost first:
     ``bdrv_getlength<bdrv_co_common_block_status_above``. A crash is known by
     where it happened, whatever command led there."""
-    own: list[str] = []
-    for f in frames:
-        # gdb may show the innermost function twice when it unwinds a core without symbols
-        if not f.library and f.function != "??" and (not own or own[-1] != f.function):
-            own.append(f.function)
-    return "<".join(own[:depth])
+    return "<".join(qemu_frames(frames)[:depth])

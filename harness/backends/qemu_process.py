@@ -57,8 +57,12 @@ class QemuDied(QemuError):
 
     @property
     def crashed_in(self) -> str:
-        """`` in bdrv_getlength``: the innermost frame of the backtrace, if there is one."""
-        return f" in {self.backtrace[0]}" if self.backtrace else ""
+        """`` in bdrv_getlength``: the innermost frame of QEMU's own code in the backtrace
+        (past the C library's abort path of a failed assertion), else the innermost one."""
+        if not self.backtrace:
+            return ""
+        own = qemu_core.qemu_frames(self.backtrace)
+        return f" in {own[0] if own else self.backtrace[0]}"
 
 
 class QemuHung(QemuError):

@@ -17,6 +17,8 @@ from harness.errors import QemuError
 
 pytestmark = pytest.mark.qemu
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 OK = {"return": {}}
 MiB = 1 << 20
 
@@ -117,6 +119,24 @@ def test_a_segfault_is_known_by_its_backtrace_and_leaves_no_core_behind():
         assert trace[0] == "  #0 bdrv_getlength" and "  #9 blk_co_pread" in trace
         left = [os.path.join(d, n) for d, _, names in os.walk(runner.store.root) for n in names + _]
         assert not [p for p in left if os.path.basename(p).startswith("core") or p.endswith(".cwd")]
+
+
+def test_a_failed_assertion_is_known_by_the_qemu_function_that_failed_it():
+    """docs/qemu-7.2-findings: block-stream by base filename on a concluded stream's
+    named filter, which has no child any more."""
+    if not cores_possible():
+        pytest.skip("core files do not reach gdb here (core_pattern is a program, or no gdb)")
+    from harness.case import load
+    case = load(os.path.join(REPO, "docs", "qemu-7.2-findings",
+                             "qemu-abort-stream-through-concluded-streams-filter.json"))
+    with QemuRunner() as runner:
+        obs = runner.run(case)
+    assert (obs.finding.kind, obs.finding.where) == ("qemu-crash", "bdrv_find_backing_image<qmp_block_stream")
+    lines = obs.finding.message.splitlines()
+    assert lines[0].endswith("died with signal SIGABRT (6) in bdrv_find_backing_image "
+                             "during command 2 (block-stream)")
+    assert any("bdrv_do_skip_filters: Assertion `!bs->drv || !bs->drv->is_filter' failed." in line
+               for line in lines[:lines.index("backtrace (gdb, from its core file):")])
 
 
 def test_a_job_that_never_settles_is_a_hang_with_query_jobs_and_is_cleaned_up():
