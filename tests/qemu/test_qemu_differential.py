@@ -154,6 +154,40 @@ def test_a_mismatch_some_gap_schedule_shows_is_agreement():
     assert search_gaps(CASE, obs(chain=("n1", "n0")), gapped) is None and len(tried) == 8
 
 
+def test_a_search_from_no_gap_tries_the_commands_all_back_to_back_first():
+    from harness.differential import gap_count
+    assert list(gap_schedules(CASE, fewest=0))[:2] == [{}, {0: 1}]
+    assert gap_count(CASE, fewest=0) == gap_count(CASE) + 2        # {} under each of 2 seeds
+
+    def gapped(case, seed, gaps):
+        tried.append(dict(gaps))
+        return obs(chain=("n2", "n1", "n0")) if not gaps else obs()
+
+    tried: list = []
+    assert search_gaps(CASE, obs(chain=("n2", "n1", "n0")), gapped, note=", x", fewest=0) == (
+        "back to back (seed 0), x", obs(chain=("n2", "n1", "n0")))
+    assert tried == [{}]
+
+
+def test_an_active_commit_of_an_empty_top_can_pause_before_ready_only_with_metadata_reads():
+    """corpus/regressions/qemu-fidelity-active-commit-metadata-read-before-ready.json: QEMU's
+    'running' at job-finalize and then 'paused', never 'ready', needs the read and no gap."""
+    import dataclasses
+    from harness.case import load
+    from harness.differential import gapped_model
+    case = dataclasses.replace(load(os.path.join(REPO, "corpus", "regressions",
+                                                 "qemu-fidelity-active-commit-metadata-read-before-ready.json")),
+                               schedule={"choices": []})
+
+    def outcome(gaps, metadata_io):
+        o = gapped_model(case, 0, gaps, metadata_io=metadata_io)
+        return o.replies[2]["error"]["desc"].split("'")[3], o.job_statuses["drive0"]
+    qemus = ("running", ["created", "running", "paused"])
+    assert outcome({}, True) == qemus
+    assert qemus not in [outcome(g, False) for g in ({}, {0: 1}, {1: 1}, {0: 1, 1: 1})]
+    assert qemus not in [outcome(g, True) for g in ({0: 1}, {1: 1})]
+
+
 @pytest.mark.qemu
 def test_the_differ_searches_gap_schedules_only_on_a_mismatch_and_says_so():
     from harness.differential import gapped_model
