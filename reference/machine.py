@@ -51,6 +51,11 @@ class Machine:
         #: command index -> block jobs whose speed limit x-wait-jobs lifts there, in order
         #: (what the QEMU backend did on QEMU; only `blockfuzz diff` asks for it)
         self.unthrottle: dict[int, list[str]] = {}
+        #: command index -> the virtual time, since the first command (``case_start``),
+        #: up to which that x-step may run (default: qmp.X_STEP_HORIZON_NS past now);
+        #: `blockfuzz diff` gives when QEMU's ended, since QEMU's rate limits run in real time
+        self.x_step_until: dict[int, int] = {}
+        self.case_start = 0
         #: qcow2 metadata reads as I/O (only `blockfuzz diff`'s gap search asks for it):
         #: the first block-status query that reaches a qcow2 image reads its L2 table
         #: (and refcount block) from disk, and the job waits for it, busy; ``metadata_loaded``

@@ -344,7 +344,8 @@ X_STEP_HORIZON_NS = 50_000_000
 def x_step(m, count=1):
     if count < 0:
         raise QMPError("Parameter 'count' expects a non-negative integer")
-    until = m.aio.now + X_STEP_HORIZON_NS
+    target = m.x_step_until.get(m.cmd_index)
+    until = m.aio.now + X_STEP_HORIZON_NS if target is None else max(m.aio.now, m.case_start + target)
     for _ in range(count):
         if not m.aio.aio_poll(blocking=True, until=until):
             break

@@ -14,7 +14,7 @@ How a case maps onto QEMU (see the README's "Real QEMU" section):
   (iotest 030's setup: backing nodes opened read-only);
   ``drive: null``: ``qemu-storage-daemon`` and one nested ``blockdev-add``;
 * ``x-step {"count": N}``: wait until N more QMP events arrived or every job
-  waits on a verb; ``x-wait-jobs``: wait until every job is concluded or
+  waits on a verb (when it ended: ``extra["x_step_until_ns"]``); ``x-wait-jobs``: wait until every job is concluded or
   waits on a verb (pending without auto-finalize, ready, user-paused); both
   bounded by ``timeout``, whose expiry is a ``hang`` finding showing
   ``query-jobs``; ``x-guest-write``: HMP ``qemu-io <drive> "write -P ..."``,
@@ -349,6 +349,7 @@ class _Session:
         when sent one by one, in none of 200 when pipelined).
         """
         commands = self.case.commands
+        self.started = asyncio.get_running_loop().time()
         i = 0
         while i < len(commands):
             if commands[i].execute in HARNESS_COMMANDS:
@@ -399,6 +400,10 @@ class _Session:
             if count < 0:
                 return _error("Parameter 'count' expects a non-negative integer")
             await self.wait(index, "x-step", count)
+            # QEMU's rate limits run in real time: when, since the case's first command, this
+            # x-step ended (diff lets the model's virtual clock get as far)
+            elapsed = asyncio.get_running_loop().time() - self.started
+            self.obs.extra.setdefault("x_step_until_ns", {})[index] = int(elapsed * 1e9)
         elif command.execute == "x-wait-jobs":
             await self.wait(index, "x-wait-jobs", None)
         else:

@@ -63,13 +63,16 @@ def build(m: Machine, case: Case) -> None:
 def run_case(case: Case, source: ChoiceSource | None = None, *,
              bugs: Iterable[str] | None = None, trace: bool = False,
              unthrottle: Mapping[int, Sequence[str]] | None = None,
-             metadata_io: bool = False) -> Observation:
+             metadata_io: bool = False, x_step_until: Mapping[int, int] | None = None) -> Observation:
     """Run ``case`` on the model; never raises for a model fault. ``unthrottle``:
     command index (that of an x-wait-jobs, ``len(case.commands)`` for the implicit
     last one) -> block jobs whose speed limit it lifts first, in order (what the QEMU
     backend did; see :func:`harness.differential.unthrottled`). ``metadata_io``: a
     job's first block-status query on a qcow2 image waits for a metadata read
-    (``Machine.metadata_io``; only ``diff``'s gap search asks for it)."""
+    (``Machine.metadata_io``; only ``diff``'s gap search asks for it).
+    ``x_step_until``: command index -> the virtual time since the first command up
+    to which that ``x-step`` may run, instead of 50 ms past its start (``diff`` gives
+    when QEMU's ended)."""
     bug_ids = tuple(case.bugs if bugs is None else bugs)
     for b in bug_ids:
         if b not in BUGS:
@@ -79,6 +82,8 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
     if unthrottle:
         m.unthrottle = {i: list(devices) for i, devices in unthrottle.items()}
     m.metadata_io = metadata_io or bool((case.schedule or {}).get("metadata-io"))
+    if x_step_until:
+        m.x_step_until = dict(x_step_until)
     source.attach(m)
     obs = Observation()
     try:
@@ -99,6 +104,7 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
 def run_commands(m: Machine, case: Case, obs: Observation, source: ChoiceSource) -> None:
     """Send the case's commands, with the loop running between them, then the
     implicit x-wait-jobs. Public so that `blockfuzz show` replays exactly this."""
+    m.case_start = m.aio.now
     for i, cmd in enumerate(case.commands):
         if i:
             k = source.choose(BETWEEN, "between")

@@ -264,3 +264,17 @@ def test_the_case_schedule_turns_metadata_reads_on():
     assert "'running'" in _dismiss_refusal(run_case(on))
     assert "'paused'" in _dismiss_refusal(run_case(off))
     assert on.schedule_options() == {"metadata-io": True} and off.schedule_options() == {}
+
+
+def test_an_x_step_runs_to_the_virtual_time_it_is_given_since_the_first_command():
+    """`blockfuzz diff` ends the model's x-steps when QEMU's ended (its rate limits run in
+    real time); otherwise an x-step goes 50 ms of virtual time at most."""
+    case = chain_case(4, [("block-commit", {"device": "drive0", "top-node": "node2",
+                                             "base-node": "node0", "speed": 1 << 20, "job-id": "c"}),
+                          ("x-step", {"count": 32}), ("job-pause", {"id": "c"})])
+
+    def pause_reply(until):
+        return run_case(case, RecordedSource([]), x_step_until=until).replies[2]
+    assert pause_reply(None) == pause_reply({1: 0}) == {"return": {}}     # still throttled
+    assert pause_reply({1: 2_000_000_000}) == {"error": {"class": "GenericError",
+                                                         "desc": "Job not found"}}

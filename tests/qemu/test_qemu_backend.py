@@ -191,6 +191,19 @@ def test_harness_commands_check_their_arguments_as_the_model_does(runner):
     assert obs.data == [[0, MiB, 0]]
 
 
+def test_each_x_step_records_when_it_ended_since_the_first_command(runner):
+    """For diff, which ends the model's x-steps there (QEMU's rate limits run in real
+    time); an x-step refused for its argument waited for nothing and records nothing."""
+    case = Case(images=(Image("n0"), Image("n1", writes=(Write(0, MiB, 7),)), Image("n2")),
+                commands=(Command("block-commit", {"device": "drive0", "top-node": "n1",
+                                                   "base-node": "n0", "speed": 1 << 16, "job-id": "c"}),
+                          Command("x-step", {"count": 1}), Command("x-step", {"count": -1}),
+                          Command("x-step", {"count": 2})))
+    ends = runner.run(case).extra["x_step_until_ns"]
+    assert sorted(ends) == [1, 3]
+    assert 0 < ends[1] < ends[3] < 10 * 10 ** 9
+
+
 # -- waits: verbs, ready, user pause -------------------------------------------------------------
 
 def test_a_user_paused_job_waits_on_a_verb_and_is_cancelled_by_the_teardown(runner):

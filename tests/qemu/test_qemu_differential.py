@@ -385,3 +385,33 @@ def test_the_gap_search_ends_with_qcow2_metadata_reads_and_says_so():
     assert result.qemu.replies[2] == case.expect["replies"]["2"]
     with Differ(seeds=2, run_gapped=None) as differ:       # no gap search: no agreement
         assert differ.diff(plain).finding.kind == "qemu-mismatch"
+
+
+def test_a_mismatch_the_model_reaches_with_x_steps_ending_when_qemus_did_is_agreement():
+    """QEMU's rate limits run in real time while its x-steps wait; the differ gives the
+    model's x-steps QEMU's end times (``x_step_until_ns``) before it calls a mismatch."""
+    from harness.backends.reference import run_case
+    from tests.model.conftest import chain_case
+    case = chain_case(4, [("block-commit", {"device": "drive0", "top-node": "node2",
+                                             "base-node": "node0", "speed": 1 << 20, "job-id": "c"}),
+                          ("x-step", {"count": 32}), ("job-pause", {"id": "c"})])
+    later = {1: 2_000_000_000}
+    on_qemu = run_case(case, x_step_until=later)        # the job done when the x-step ended
+
+    class Runner:
+        extra: dict = {}
+
+        def run(self, case):
+            on_qemu.extra = dict(self.extra)
+            return on_qemu
+
+        def close(self):
+            pass
+
+    with Differ(seeds=2, only="model", run_gapped=None) as differ:
+        differ.only, differ.runner = None, Runner()
+        assert differ.diff(case).finding.kind == "qemu-mismatch"   # no end times: 50 ms
+        Runner.extra = {"x_step_until_ns": later}
+        agreed = differ.diff(case)
+    assert agreed.ok
+    assert agreed.model[-1][0].endswith(", x-steps ending when QEMU's did")
