@@ -12,9 +12,10 @@ case's own schedule): a match with any of them is agreement. When none
 matches, the search goes on systematically (:func:`search_gaps`): commands back
 to back, as QEMU's side sends them, with one gap of the loop running between
 two of them, then two gaps, every position and length; then the same again,
-from the commands all back to back on, with qcow2 metadata reads as I/O (a job's first block-status query on an
-image waits, busy, for its L2 table, as on QEMU, where a ``block-job-pause``
-right after ``block-stream`` finds the job still ``running``). Anything else is
+from the commands all back to back on, with qcow2 metadata reads as I/O (a
+job's first block-status query on an image waits, busy, for its L2 table, as
+on QEMU, where a ``block-job-pause`` right after ``block-stream`` finds the job
+still ``running``). Anything else is
 a ``qemu-mismatch`` finding whose report shows the closest model outcome(s)
 and QEMU next to each other, command by command.
 
@@ -36,6 +37,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable, Iterable, Iterator
 
 from harness.case import Case, load
@@ -46,6 +48,7 @@ from harness.observation import Finding, Observation, fold_drain_pairs
 DEFAULT_SEEDS = 20
 GAP_BOUND = 2       # gap schedules tried on a mismatch: at most this many gaps ...
 GAP_SEEDS = 2       # ... each under this many seeds for the other decisions
+METADATA_NOTE = ", qcow2 metadata reads as I/O (schedule metadata-io)"
 #: the fields of a normalised outcome, in report order
 FIELDS = ("finding", "replies", "job_statuses", "chain", "backing", "data", "on_disk_backing")
 
@@ -403,16 +406,14 @@ class Differ:
             model = _merged(model, model_outcomes(
                 case, self.seeds, lambda c, s: reference_model(c, s, unthrottle=lifted)),
                 ", speed limits lifted as on QEMU")
-        # (run, note, fewest gaps): the model's runs with no gap are among its seeds already
-        gapped = [(run_gapped, "", 1)] if run_gapped is not None else []
-        if lifted and run_gapped is gapped_model:
-            gapped.insert(0, (lambda c, s, g: gapped_model(c, s, g, unthrottle=lifted), "", 1))
+        # (run, note, fewest gaps). The model's runs with no gap are among its seeds
+        # already, but not with qcow2's metadata reads, which it leaves out otherwise
         if run_gapped is gapped_model:
-            # then the timing of qcow2's metadata reads, which the model leaves out otherwise,
-            # from the commands all back to back on
-            gapped += [(lambda c, s, g, u=u: gapped_model(c, s, g, unthrottle=u, metadata_io=True),
-                        ", qcow2 metadata reads as I/O (schedule metadata-io)", 0)
-                       for u in ([lifted] if lifted else []) + [None]]
+            gapped = [(partial(gapped_model, unthrottle=u, metadata_io=reads),
+                       METADATA_NOTE if reads else "", 0 if reads else 1)
+                      for reads in (False, True) for u in ([lifted] if lifted else []) + [None]]
+        else:
+            gapped = [(run_gapped, "", 1)] if run_gapped is not None else []
         finding = compare(case, qemu, model, self.seeds)
         timed = qemu.extra.get("x_step_until_ns") if run_model is reference_model else None
         if finding is not None and finding.kind == "qemu-mismatch" and timed:

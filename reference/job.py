@@ -239,11 +239,11 @@ class Job:
         self.in_flight -= 1
 
     def read_metadata(self, top, base_overlay) -> Generator:
-        """With ``Machine.metadata_io`` (the caller asks): a block-status query from ``top`` down to
-        ``base_overlay`` first reads the L2 tables of the qcow2 images it reaches that
-        QEMU has not cached yet, one I/O the job waits for, busy (qcow2_co_block_status;
-        QEMU's trace shows qcow2_cache_get_read for each image on a stream's first
-        iteration). A job asked to pause then reaches its pause point only after it."""
+        """With ``Machine.metadata_io`` (the caller checks it): a block-status query from
+        ``top`` down to ``base_overlay`` first reads the L2 tables of the qcow2 images it
+        reaches that QEMU has not cached yet, one I/O the job waits for, busy
+        (qcow2_co_block_status; QEMU's trace shows qcow2_cache_get_read for each image on
+        a stream's first iteration). A job asked to pause reaches its pause point after it."""
         loaded = self.m.metadata_loaded
         missing = False
         bs = top

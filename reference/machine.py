@@ -91,7 +91,6 @@ class Machine:
             bs.m = None
             bs.mirror_job = None        # a mirror_top filter and its job point at each other
         self.all_nodes = []
-        self.metadata_loaded = set()
         for job in self.jobs.values():
             job.co = None               # the coroutine's callbacks are the job's
             job.sleep_timer = None      # so is the timer's

@@ -14,10 +14,10 @@ How a case maps onto QEMU (see the README's "Real QEMU" section):
   (iotest 030's setup: backing nodes opened read-only);
   ``drive: null``: ``qemu-storage-daemon`` and one nested ``blockdev-add``;
 * ``x-step {"count": N}``: wait until N more QMP events arrived or every job
-  waits on a verb (when it ended: ``extra["x_step_until_ns"]``); ``x-wait-jobs``: wait until every job is concluded or
-  waits on a verb (pending without auto-finalize, ready, user-paused); both
-  bounded by ``timeout``, whose expiry is a ``hang`` finding showing
-  ``query-jobs``; ``x-guest-write``: HMP ``qemu-io <drive> "write -P ..."``,
+  waits on a verb (when it ended: ``extra["x_step_until_ns"]``);
+  ``x-wait-jobs``: wait until every job is concluded or waits on a verb
+  (pending without auto-finalize, ready, user-paused); both bounded by
+  ``timeout``, whose expiry is a ``hang`` finding showing ``query-jobs``; ``x-guest-write``: HMP ``qemu-io <drive> "write -P ..."``,
   or a write through a writable NBD export of the top node on the daemon;
 * an implicit ``x-wait-jobs`` ends every case; then the chain
   (``x-debug-query-block-graph`` + ``query-named-block-nodes``), the guest
