@@ -208,10 +208,9 @@ def query_graph(m) -> dict[str, Any]:
 def graph_source(case: Case, bugs: Iterable[str] | None, seed: int | None):
     """The two graphs, drawn side by side as a :class:`graphviz.Digraph`: after the
     chain is built, and at the end of the run (or at its fault)."""
-    from harness.backends.reference import build
-    from reference.machine import Machine
+    from harness.backends.reference import build, new_machine
     choices = source(case, seed)
-    m = Machine(choices.choose, tuple(case.bugs if bugs is None else bugs))
+    m = new_machine(case, choices, tuple(case.bugs if bugs is None else bugs))
     build(m, case)
     before = query_graph(m)
     fault = run_to_end(m, case, choices)

@@ -87,11 +87,10 @@ class CommitJob(Job):
         m.blk_unref(self.base_blk)
         self.base_blk = None
         try:
-            bdrv_drop_intermediate(self.commit_top_bs, self.base_bs, self.backing_file_str)
+            return bdrv_drop_intermediate(self.commit_top_bs, self.base_bs, self.backing_file_str)
         except QMPError as e:
             m.report_error(e.desc)
             return -5      # -EIO
-        return 0
 
     def abort(self) -> None:
         m = self.m

@@ -30,6 +30,10 @@ QDICT_BUCKET_MAX = 512
 #: filters whose driver sets exact_filename to the backing node's filename
 #: (block/commit.c and block/mirror.c's .bdrv_refresh_filename)
 FILENAME_FROM_BACKING = ("commit_top", "mirror_top")
+#: block/qcow2.c qcow2_change_backing_file: a longer backing string is refused (-EINVAL)
+QCOW2_BACKING_FILE_MAX = 1023
+#: what a ``json:`` filename holds each image filename under
+_PATH_KEY = '"filename": "'
 
 
 def bdrv_refresh_filename(bs: "BlockDriverState") -> None:
@@ -79,6 +83,18 @@ def _exact_filename(bs: "BlockDriverState", overridden: bool) -> str:
     if bs.is_filter or overridden:
         return ""
     return bs.image_file
+
+
+def qemu_length(text: str | None, given: bool, path_prefix: int) -> int:
+    """How long ``text`` is as QEMU has it: the model names images by their bare
+    filenames, QEMU by absolute paths ``path_prefix`` characters longer, in a plain
+    filename and in each ``"filename"`` of a ``json:`` one. A string the user gave
+    (``backing-file``) QEMU takes as it is."""
+    if not text or given:
+        return len(text or "")
+    if text.startswith("json:"):
+        return len(text) + path_prefix * text.count(_PATH_KEY)
+    return len(text) + path_prefix
 
 
 def qobject_to_json(obj: Any) -> str:

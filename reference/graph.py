@@ -13,12 +13,15 @@ Permissions are not modelled; op blockers and frozen links are.
 """
 from __future__ import annotations
 
+import errno
+import os
 from typing import TYPE_CHECKING, Iterator
 
 from reference import drain
 from reference.data import ImageData
 from reference.errors import QMPError, UseAfterFree
-from reference.filename import bdrv_backing_overridden, bdrv_refresh_filename
+from reference.filename import (QCOW2_BACKING_FILE_MAX, bdrv_backing_overridden,
+                                bdrv_refresh_filename, qemu_length)
 
 if TYPE_CHECKING:
     from reference.machine import Machine
@@ -525,11 +528,12 @@ def bdrv_drop_filter(f: BlockDriverState) -> None:
 
 
 def bdrv_drop_intermediate(top: BlockDriverState, base: BlockDriverState,
-                           backing_file_str: str | None) -> None:
+                           backing_file_str: str | None) -> int:
     """Make the parents of ``top`` point at ``base`` (block.c bdrv_drop_intermediate, 7.2).
 
     Runs inside a subtree drain of ``top``; the header rewrites of the
-    overlays are I/O (a poll point), covered by that drain.
+    overlays are I/O (a poll point), covered by that drain. Returns 0, or the
+    negative errno of a header it could not rewrite, after the graph changed.
     """
     bdrv_ref(top, "bdrv_drop_intermediate")
     drain.bdrv_subtree_drained_begin(top)
@@ -545,16 +549,24 @@ def bdrv_drop_intermediate(top: BlockDriverState, base: BlockDriverState,
             if c.parent.kind == "node" and c.bs is base:
                 # without backing-file, QEMU passes a pointer to base->filename:
                 # each header gets the string as the attaches above left it
-                bdrv_change_backing_file(c.parent, backing_file_str if given else base.filename,
-                                         bdrv_skip_filters(base).drv, given=given)
+                ret = bdrv_change_backing_file(c.parent,
+                                               backing_file_str if given else base.filename,
+                                               bdrv_skip_filters(base).drv, given=given)
+                if ret < 0:     # the graph stays changed: QEMU has no rollback here
+                    top.m.report_error(f"Could not update backing file link: {os.strerror(-ret)}")
+                    return ret
+        return 0
     finally:
         drain.bdrv_subtree_drained_end(top)
         bdrv_unref(top, "bdrv_drop_intermediate")
 
 
 def bdrv_change_backing_file(bs: BlockDriverState, filename: str | None, fmt: str | None,
-                             given: bool = False) -> None:
-    """Rewrite the image header's backing string (a filter passes it down).
+                             given: bool = False) -> int:
+    """Rewrite the image header's backing string (a filter passes it down);
+    0, or ``-EINVAL`` with nothing changed when the string is longer than qcow2
+    takes (:data:`~reference.filename.QCOW2_BACKING_FILE_MAX` characters, counted
+    as QEMU has it: :func:`~reference.filename.qemu_length`).
 
     The string also becomes what the header would open (auto_backing_file).
     ``given``: the string is the user's ``backing-file``, which the QEMU
@@ -563,7 +575,9 @@ def bdrv_change_backing_file(bs: BlockDriverState, filename: str | None, fmt: st
     """
     target = bdrv_skip_filters(live(bs, "bdrv_change_backing_file"))
     if target is None or target.drv not in ("qcow2",):
-        return
+        return 0
+    if qemu_length(filename, given, bs.m.path_prefix) > QCOW2_BACKING_FILE_MAX:
+        return -errno.EINVAL
     bs.m.nested_io_poll("bdrv_change_backing_file")     # the header write is I/O
     live(target, "bdrv_change_backing_file")
     target.backing_file = filename
@@ -571,6 +585,7 @@ def bdrv_change_backing_file(bs: BlockDriverState, filename: str | None, fmt: st
     target.auto_backing_file = filename or ""
     target.auto_backing_relative = given and bool(filename) and not path_has_protocol(filename)
     target.backing_format = target.header_backing_format = fmt if filename else None
+    return 0
 
 
 def bdrv_reopen_set_read_only(bs: BlockDriverState, read_only: bool) -> None:

@@ -15,7 +15,7 @@ cdef class Machine:
     cdef public dict named_nodes, images, blks, jobs, unthrottle, x_step_until
     cdef public list job_order, events, completing, errors, trace, all_nodes
     cdef public object bugs, cells, top_node
-    cdef public Py_ssize_t cmd_index, drain_depth, auto_counter, case_start
+    cdef public Py_ssize_t cmd_index, drain_depth, auto_counter, case_start, path_prefix
     cdef public bint opening, metadata_io
     cdef public set metadata_loaded
 

@@ -62,6 +62,11 @@ class Machine:
         #: holds the images whose tables QEMU has cached by then
         self.metadata_io = False
         self.metadata_loaded: set = set()
+        #: how many characters QEMU's absolute paths add to each image filename (the
+        #: model names images by their bare filenames): a string written into an image
+        #: header is that much longer per filename in it, and qcow2 refuses one longer
+        #: than 1,023 characters (:func:`reference.filename.qemu_length`)
+        self.path_prefix = 0
         self.events: list[dict] = []
         self.bugs = frozenset(bugs)
         self.cells: set[str] = set()

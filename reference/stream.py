@@ -97,13 +97,13 @@ class StreamJob(Job):
         base = bdrv_filter_or_cow_bs(self.above_base)
         if bdrv_cow_child(bs) is None:
             return 0
-        bdrv_change_backing_file(bs, *self._base_id(bdrv_skip_filters(base)))
+        ret = bdrv_change_backing_file(bs, *self._base_id(bdrv_skip_filters(base)))
         try:
             bdrv_set_backing_hd(bs, base, drain_it=False)
         except QMPError as e:
             self.m.report_error(e.desc)
             return -1
-        return 0
+        return ret
 
     def _base_id(self, unfiltered_base) -> tuple[str | None, str | None, bool]:
         """The header's new backing string and format: ``backing-file`` or the
@@ -148,10 +148,15 @@ class StreamJob(Job):
         try:
             bdrv_set_backing_hd(bs, base)
         except QMPError as e:
-            self.m.report_error(e.desc)
-            return -1
-        bdrv_change_backing_file(bs, *self._base_id(unfiltered_base))
-        return 0
+            failed = e
+        else:
+            failed = None
+        # the header is rewritten even when the graph change failed; that failure wins
+        ret = bdrv_change_backing_file(bs, *self._base_id(unfiltered_base))
+        if failed is not None:
+            self.m.report_error(failed.desc)
+            return -1      # -EPERM
+        return ret
 
     def cor_filter_drop(self) -> None:
         """bdrv_cor_filter_drop: unfreeze, drop the filter, drop our reference."""

@@ -12,6 +12,8 @@ which breaks filename arguments such as ``base``). Template and case
 directories have names of the same length, so a copy is made independent of
 its template by rewriting the backing file name inside each qcow2 header in
 place (the header field QEMU reads in ``block/qcow2.c``'s ``qcow2_do_open``).
+That length is chosen so that a case directory's path is :data:`CASE_PATH_PREFIX`
+characters long, which the model adds to each path in a backing string.
 """
 from __future__ import annotations
 
@@ -34,6 +36,11 @@ QCOW2_MAGIC = b"QFI\xfb"
 #: how many template chains a store keeps before dropping the oldest
 MAX_TEMPLATES = 32
 ROOT_PREFIX = "blockfuzz-qemu-"
+#: the length of every case directory's path with its final "/": what QEMU's absolute
+#: paths add to each image filename. The model counts it in strings built from
+#: filenames (qcow2 refuses a backing string over 1,023 characters), so the case
+#: directories' names are padded to it (unless the root directory is too long)
+CASE_PATH_PREFIX = 64
 _SAFE_FILENAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 
 
@@ -116,6 +123,8 @@ class ImageStore:
         self.qemu_io = find_binary("qemu-io", "qemu-utils")
         self._templates: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._copies = 0
+        #: template and case directory names, the root's "/" and theirs within the prefix
+        self.name_width = max(16, CASE_PATH_PREFIX - len(self.root) - 2)
 
     def __enter__(self) -> "ImageStore":
         return self
@@ -131,7 +140,7 @@ class ImageStore:
         """A fresh copy of the layout's template chain for one case."""
         template = self.template(images)
         self._copies += 1
-        directory = os.path.join(self.root, f"c{self._copies:015x}")
+        directory = os.path.join(self.root, f"c{self._copies:0{self.name_width - 1}x}")
         os.mkdir(directory)
         copy = CaseImages(directory, tuple(i.filename for i in images))
         for img in images:
@@ -147,7 +156,7 @@ class ImageStore:
         if directory is not None:
             self._templates.move_to_end(key)
             return directory
-        directory = os.path.join(self.root, f"t{key}")
+        directory = os.path.join(self.root, f"t{key}".ljust(self.name_width, "0"))
         shutil.rmtree(directory, ignore_errors=True)
         os.mkdir(directory)
         try:

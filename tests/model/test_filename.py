@@ -2,10 +2,13 @@
 into headers when a named filter sits in a backing chain, and the cache that
 only some calls refresh. The expected strings are the ones real QEMU 7.2
 wrote for the same commands (``blockfuzz diff`` agrees on each scenario)."""
+import pytest
+
 from harness.choices import RandomSource
 from reference import qmp
-from reference.filename import (bdrv_backing_overridden, bdrv_refresh_filename, qdict_order,
+from reference.filename import (bdrv_backing_overridden, bdrv_refresh_filename, qdict_order, qemu_length,
                                 qobject_to_json, tdb_hash)
+from reference.errors import UseAfterFree
 from reference.graph import bdrv_change_backing_file, bdrv_find_backing_image
 from reference.machine import Machine
 
@@ -163,3 +166,83 @@ def test_inserting_a_filter_over_the_top_refreshes_nothing():
     assert refused["error"]["desc"] == "Parameter 'speed' expects a non-negative value"
     assert m.named_nodes["node5"].filename == "node5.qcow2"
     ok(m, "block-commit", device="drive0", top="node3.qcow2", base_node="node2", job_id="c")
+
+
+def test_qemu_counts_its_absolute_paths_in_a_backing_string():
+    plain, json_two = "node1.qcow2", 'json:{"a": {"filename": "node0.qcow2"}, "filename": "node1.qcow2"}'
+    assert qemu_length(plain, False, 64) == 11 + 64
+    assert qemu_length(json_two, False, 64) == len(json_two) + 2 * 64
+    assert qemu_length(plain, True, 64) == 11          # the user's backing-file, as given
+    assert qemu_length(None, False, 64) == qemu_length("", False, 64) == 0
+
+
+def json_chain_then_stream_of_the_top(m, path_prefix):
+    """node1's header names node5 (backing-file), so every node above node1 has a
+    json: filename, one level per node; then the top streams from node6, whose
+    json: string goes into node7's header: 601 characters, with 7 paths in it."""
+    m.path_prefix = path_prefix
+    ok(m, "block-stream", device="node1", base_node="node0", backing_file="node5.qcow2", job_id="s1")
+    ok(m, "x-wait-jobs")
+    ok(m, "block-stream", device="drive0", base_node="node6", job_id="s7")
+    ok(m, "x-wait-jobs")
+    return [e["data"] for e in m.events if e["event"] == "BLOCK_JOB_COMPLETED"]
+
+
+def test_a_backing_string_longer_than_qcow2_takes_aborts_the_stream():
+    """qcow2_change_backing_file refuses more than 1,023 characters (-EINVAL): with
+    QEMU's 64-character directory, 601 + 7 * 64 = 1,049 is refused, the header is left
+    as it was and the stream aborts; with 56 characters, 993 fits (real QEMU 7.2 agrees:
+    corpus/regressions/qemu-fidelity-backing-string-too-long-for-qcow2.json)."""
+    m = machine()
+    completed = json_chain_then_stream_of_the_top(m, 64)
+    assert completed[-1]["device"] == "s7" and completed[-1]["error"] == "Invalid argument"
+    assert m.images["node7.qcow2"].header_backing == "node6.qcow2"
+    assert m.named_nodes["node7"].backing.bs is m.named_nodes["node6"]
+
+    m = machine()
+    completed = json_chain_then_stream_of_the_top(m, 56)
+    assert completed[-1]["device"] == "s7" and "error" not in completed[-1]
+    header = m.images["node7.qcow2"].header_backing
+    assert header.startswith("json:") and len(header) == 601
+
+
+def test_a_commit_that_cannot_rewrite_the_overlays_header_frees_its_filter_then_touches_it():
+    """bdrv_drop_intermediate has replaced commit_top by base when the header update
+    fails: QEMU reports 'Could not update backing file link', does not roll back, and
+    drops its reference on commit_top, the filter's last; the commit aborts and
+    commit_abort takes a reference on the freed filter. QEMU 7.2 dies of it (SIGSEGV:
+    docs/qemu-7.2-findings/qemu-segv-commit-backing-file-too-long.json)."""
+    m = machine()
+    m.path_prefix = 300         # base's json: filename, 4 paths, is now too long
+    ok(m, "block-stream", device="node1", base_node="node0", backing_file="node5.qcow2", job_id="s1")
+    ok(m, "x-wait-jobs")
+    ok(m, "block-commit", device="drive0", top_node="node5", base_node="node4", job_id="c")
+    with pytest.raises(UseAfterFree) as caught:
+        qmp.execute(m, "x-wait-jobs", {})
+    assert (caught.value.where, caught.value.freed_at.split(" ", 1)[1]) == \
+        ("commit_abort", "bdrv_drop_intermediate (in commit job 'c' completion)")
+    assert m.errors[-1] == "Could not update backing file link: Invalid argument"
+    assert m.named_nodes["node6"].backing.bs is m.named_nodes["node4"]
+    assert m.images["node6.qcow2"].header_backing == "node5.qcow2"
+
+
+def test_a_stream_rewrites_the_header_even_when_its_graph_change_fails(monkeypatch):
+    """stream_prepare calls bdrv_change_backing_file after bdrv_set_backing_hd whatever
+    the latter did; a failed graph change then aborts the job with -EPERM. (No case
+    reaches a failure there: the stream's own chain is frozen until its prepare, so a
+    failure is put in its place.)"""
+    from reference import stream
+    from reference.errors import QMPError
+
+    def refuse(bs, backing, drain_it=True):
+        raise QMPError(f"Cannot change frozen 'backing' link from '{bs.node_name}'")
+
+    m = machine()
+    monkeypatch.setattr(stream, "bdrv_set_backing_hd", refuse)
+    ok(m, "block-stream", device="drive0", base_node="node5", job_id="s7")
+    ok(m, "x-wait-jobs")
+    assert m.errors[-1] == "Cannot change frozen 'backing' link from 'node7'"
+    completed = [e["data"] for e in m.events if e["event"] == "BLOCK_JOB_COMPLETED"]
+    assert completed[-1]["error"] == "Operation not permitted"
+    assert m.named_nodes["node7"].backing.bs is m.named_nodes["node6"]
+    assert m.images["node7.qcow2"].header_backing == "node5.qcow2"

@@ -11,7 +11,7 @@ import pytest
 
 from harness.backends.qemu import QemuRunner, run_case
 from harness.backends.qemu_core import cores_possible
-from harness.backends.qemu_images import ROOT_PREFIX, ImageStore
+from harness.backends.qemu_images import CASE_PATH_PREFIX, ROOT_PREFIX, ImageStore
 from harness.case import Case, Command, Image, Write, from_dict
 from harness.errors import QemuError
 
@@ -293,6 +293,24 @@ def test_templates_are_built_once_per_layout_and_copies_are_independent(tmp_path
         assert os.path.exists(second.path("n0.qcow2"))
 
 
+def test_case_directories_add_as_many_characters_to_a_path_as_the_model_counts(tmp_path):
+    """The model counts CASE_PATH_PREFIX characters for each path in a backing string
+    (qcow2 refuses one over 1,023): every case directory, the 1st and the 17th, and
+    its template are that long, and a copy's header names the copy's directory."""
+    images = (Image("n0"), Image("n1"))
+    with ImageStore() as store:                 # where QemuRunner puts them
+        copies = [store.checkout(images) for _ in range(17)]
+        assert {len(c.directory) + 1 for c in copies} == {CASE_PATH_PREFIX}
+        assert [len(os.path.join(store.root, n)) + 1 for n in os.listdir(store.root)
+                if n.startswith("t")] == [CASE_PATH_PREFIX]
+        with open(copies[16].path("n1.qcow2"), "rb") as f:
+            assert (copies[16].directory + "/n0.qcow2").encode() in f.read(4096)
+    deep = tmp_path / ("d" * 80)
+    deep.mkdir()
+    with ImageStore(str(deep)) as store:        # a root too long to pad: names as before
+        assert len(os.path.basename(store.checkout(images).directory)) == 16
+
+
 @pytest.mark.parametrize("image, message", [
     (Image("n0", filename="../x.qcow2"),
      "image 0: filename '../x.qcow2' cannot be used on real QEMU: use a plain file name "
@@ -321,3 +339,24 @@ def test_a_qemu_that_stops_answering_is_a_hang_and_is_killed():
                                        "query-jobs: not available, the monitor does not answer")
         assert obs.replies == []
         assert not alive(pids[0]) and runner.pids() == []
+
+
+def test_a_commit_whose_header_update_fails_kills_qemu_where_the_model_sees_a_use_after_free():
+    """docs/qemu-7.2-findings: an intermediate commit with a backing-file longer than
+    qcow2 takes. QEMU reports the failed header update, then dies in the completion;
+    the model, QEMU 7.2 with no bug put back, has commit_abort touch the commit filter
+    bdrv_drop_intermediate freed."""
+    from harness.backends.reference import run_case
+    from harness.case import load
+    case = load(os.path.join(REPO, "docs", "qemu-7.2-findings",
+                             "qemu-segv-commit-backing-file-too-long.json"))
+    model = run_case(case)
+    assert (model.finding.kind, model.finding.where) == ("use-after-free", "commit_abort")
+    assert "freed at step 1.5 bdrv_drop_intermediate" in model.finding.message
+    with QemuRunner() as runner:
+        obs = runner.run(case)
+    assert obs.finding.kind == "qemu-crash"
+    lines = obs.finding.message.splitlines()
+    assert "died with signal SIGSEGV (11)" in lines[0] and lines[0].endswith("at the end of the case")
+    assert "qemu-system-x86_64: Could not update backing file link: Invalid argument" in \
+        [line.strip() for line in lines]
