@@ -16,6 +16,7 @@ or through ``blockfuzz fuzz --engine atheris``. Environment:
 ``BLOCKFUZZ_KEEP_GOING`` ``1``: write a finding and go on instead of crashing
 ``BLOCKFUZZ_STATUS``     ``1``: JSON status lines on stdout (for ``blockfuzz fuzz``)
 ``BLOCKFUZZ_ONLY``       a signature (``kind@where``): other findings do not count
+``BLOCKFUZZ_KNOWN``      signatures of documented behaviours, comma-separated: they do not count
 ``BLOCKFUZZ_MUTATOR``    ``structure`` (default): half the mutations drop, duplicate,
                          splice or retarget commands; ``bytes``: libFuzzer's own only
 ``BLOCKFUZZ_FEEDBACK``   ``cells`` (default): libFuzzer's coverage is the scenario cells
@@ -61,6 +62,7 @@ def main() -> None:
                         keep_going=os.environ.get("BLOCKFUZZ_KEEP_GOING") == "1",
                         status=os.environ.get("BLOCKFUZZ_STATUS") == "1",
                         only=os.environ.get("BLOCKFUZZ_ONLY") or None,
+                        known=frozenset(k for k in os.environ.get("BLOCKFUZZ_KNOWN", "").split(",") if k),
                         feedback=CellFeedback(atheris) if FEEDBACK == "cells" else None)
     structure = os.environ.get("BLOCKFUZZ_MUTATOR", "structure") == "structure"
     if target.status:

@@ -14,7 +14,9 @@ Arguments are chosen the way syzkaller chooses resources: node names,
 filter names and job ids that earlier commands created are *live* and
 picked most of the time; names that a commit will cut out, or jobs already
 cancelled or dismissed, are *stale*; names that never existed are *absent*.
-The last two exercise the error paths.
+The last two exercise the error paths, and so does a ``backing-file`` longer
+than qcow2 takes (:data:`TOO_LONG_BACKING_FILE`), whose header update fails at
+the job's completion.
 
 Each case is also a *swarm* (:class:`Swarm`): it leaves out some command
 kinds, optional argument families and the error forms altogether, so that
@@ -68,6 +70,10 @@ OPTIONAL_ARGUMENTS = ("backing-file", "auto-finalize", "auto-dismiss", "on-error
 #: ``speed`` is not left to the swarm: a throttled job is a long-running one, and
 #: races need one job still running while another completes (030 throttles first)
 SPEED_TABLE = ((3, None), (3, 1 << 20), (1, 0), (1, 64 << 10), (1, -1))
+#: a backing-file longer than qcow2 takes (1,023 characters): with errors on, the header
+#: update at the job's completion fails (a stream aborts; a commit's failure path is
+#: corpus/known/commit-backing-file-too-long-frees-the-commit-filter.json)
+TOO_LONG_BACKING_FILE = "d" * 1013 + "/base.qcow2"
 #: table entries that are refused or name what does not exist: only in cases with errors on
 ERROR = "error"
 
@@ -519,8 +525,8 @@ def _common_job_args(source: ChoiceSource, res: Resources, args: dict, label: st
         args["speed"] = speed
     arguments = res.swarm.arguments
     if "backing-file" in arguments and source.choose(4, labels["backing-file"]) == 1:
-        args["backing-file"] = pick(source, labels["backing-file-name"],
-                                    res.filenames + ["custom.qcow2"])
+        args["backing-file"] = pick(source, labels["backing-file-name"], res.filenames + (
+            ["custom.qcow2", TOO_LONG_BACKING_FILE] if res.swarm.errors else ["custom.qcow2"]))
     for flag in ("auto-finalize", "auto-dismiss"):
         if flag in arguments:
             value = weighted(source, labels[flag], ((2, None), (1, False), (1, True)))

@@ -419,6 +419,24 @@ def test_byte_target_counts_only_the_signature_it_is_told(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_byte_target_runs_past_a_documented_behaviour(tmp_path):
+    """BLOCKFUZZ_KNOWN: a known signature is neither written nor raised, so a campaign
+    timing the seed bug does not stop at QEMU 7.2's own commit use-after-free."""
+    from harness.choices import BytesSource
+    data = finding_input(NO_DRAIN)
+    signature = run_generated(BytesSource(data), (NO_DRAIN,))[2].signature
+    target = ByteTarget((NO_DRAIN,), str(tmp_path), known=frozenset({signature}))
+    target(data)
+    assert os.listdir(tmp_path) == [] and target.runs == 1
+
+
+def test_time_to_first_finding_runs_past_documented_behaviours():
+    """A random campaign on the fixed model meets the commit use-after-free of
+    corpus/known at run 1,152 (seed 1); timing a bug, it is run past."""
+    assert time_to_first_finding("random", "", 1, 1200, known=frozenset())[2] == "use-after-free"
+    assert time_to_first_finding("random", "", 1, 1200)[0::2] == (1200, "ok")
+
+
 # -- timing and status ---------------------------------------------------------------
 
 def test_time_to_first_finding():
@@ -511,7 +529,8 @@ def test_cell_coverage_keeps_the_first_run_per_cell_and_names_what_is_missing():
 def test_known_signatures_are_counted_but_never_reported(tmp_path):
     from harness.campaign import known_signatures
     known = known_signatures("corpus/known")
-    assert known == {"hang@a guest write on a drained device"}
+    assert known == {"hang@a guest write on a drained device", "use-after-free@commit_abort",
+                     "wrong-backing@backing:node-skipped"}
     c = Campaign(Config(known=known))
     case = case_mod.load("corpus/known/guest-write-waits-for-pending-active-commit.json")
     c.found(case, Outcome("hang", "a guest write on a drained device", "no progress"))
@@ -521,6 +540,28 @@ def test_known_signatures_are_counted_but_never_reported(tmp_path):
     c.found(case, Outcome("crash", "elsewhere", "boom"))
     assert c.stats.kinds == {"crash": 1}
     assert "  known, not reported: hang@a guest write on a drained device (2 runs)" in summary(c)
+
+
+def test_a_campaign_on_the_fixed_model_finds_qemus_commit_use_after_free_from_scratch():
+    """The grammar's over-long backing-file (cases with error forms) reaches QEMU 7.2's
+    commit_abort use-after-free (corpus/known): a random campaign on the fixed model
+    finds it, and the case replays to that verdict; given --known corpus/known, the
+    same campaign counts it and reports nothing it documents."""
+    from harness.campaign import known_signatures, replay_outcome, run_random
+    seen: list = []
+    c = Campaign(Config(engine="random", seed=1, budget=Budget(runs=1200), minimize=False),
+                 sink=seen.append)
+    run_random(c)
+    found = {(m[2], m[3]): m[1] for m in seen if m[0] == "finding"}
+    assert ("use-after-free", "commit_abort") in found
+    case = case_mod.from_dict(json.loads(found[("use-after-free", "commit_abort")]))
+    assert replay_outcome(case).signature == "use-after-free@commit_abort"
+    known = known_signatures("corpus/known")
+    c = Campaign(Config(engine="random", seed=1, budget=Budget(runs=1200), minimize=False,
+                        known=known))
+    run_random(c)
+    assert c.stats.known["use-after-free@commit_abort"] >= 1
+    assert not c.signatures & known
 
 
 def test_a_known_signature_is_not_a_new_finding_for_hypothesis_either():

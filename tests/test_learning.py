@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from harness.campaign import Budget, Campaign, Config, run_pct
+from harness.campaign import Budget, Campaign, Config, documented_signatures, run_pct
 from harness.learning import EXPLORE, PRIOR, RARE, GrammarModel, LearnedPCTSource
 
 
@@ -62,11 +62,15 @@ def test_the_learned_source_keeps_generator_decisions_and_schedules_with_pct():
 def test_a_pct_campaign_learns_its_way_to_the_seed_bug_and_not_on_the_fixed_model(bug, kind):
     # only=kind, as the bench counts: with no-drain a campaign may first see the
     # same race end as wrong-backing (seed 0 does since rarity weighs recent runs)
+    # QEMU 7.2's own behaviours (corpus/known: a commit's use-after-free, a failed
+    # stream's graph change) are of these kinds too, and are run past
+    known = documented_signatures()
     found = Campaign(Config(engine="pct", bugs=(bug,), budget=Budget(runs=3000), minimize=False,
-                            stop_at_first=True, only=kind))
+                            stop_at_first=True, only=kind, known=known))
     run_pct(found)
     assert found.stats.first is not None and found.stats.first.kind == kind
-    fixed = Campaign(Config(engine="pct", budget=Budget(runs=1500), minimize=False))
+    assert not found.signatures & known
+    fixed = Campaign(Config(engine="pct", budget=Budget(runs=1500), minimize=False, known=known))
     run_pct(fixed)
     assert fixed.stats.first is None and not fixed.stats.kinds
 

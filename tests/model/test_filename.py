@@ -211,7 +211,7 @@ def test_a_commit_that_cannot_rewrite_the_overlays_header_frees_its_filter_then_
     fails: QEMU reports 'Could not update backing file link', does not roll back, and
     drops its reference on commit_top, the filter's last; the commit aborts and
     commit_abort takes a reference on the freed filter. QEMU 7.2 dies of it (SIGSEGV:
-    docs/qemu-7.2-findings/qemu-segv-commit-backing-file-too-long.json)."""
+    corpus/known/commit-backing-file-too-long-frees-the-commit-filter.json)."""
     m = machine()
     m.path_prefix = 300         # base's json: filename, 4 paths, is now too long
     ok(m, "block-stream", device="node1", base_node="node0", backing_file="node5.qcow2", job_id="s1")

@@ -342,14 +342,14 @@ def test_a_qemu_that_stops_answering_is_a_hang_and_is_killed():
 
 
 def test_a_commit_whose_header_update_fails_kills_qemu_where_the_model_sees_a_use_after_free():
-    """docs/qemu-7.2-findings: an intermediate commit with a backing-file longer than
+    """corpus/known (docs/qemu-7.2-findings): an intermediate commit with a backing-file longer than
     qcow2 takes. QEMU reports the failed header update, then dies in the completion;
     the model, QEMU 7.2 with no bug put back, has commit_abort touch the commit filter
     bdrv_drop_intermediate freed."""
     from harness.backends.reference import run_case
     from harness.case import load
-    case = load(os.path.join(REPO, "docs", "qemu-7.2-findings",
-                             "qemu-segv-commit-backing-file-too-long.json"))
+    case = load(os.path.join(REPO, "corpus", "known",
+                             "commit-backing-file-too-long-frees-the-commit-filter.json"))
     model = run_case(case)
     assert (model.finding.kind, model.finding.where) == ("use-after-free", "commit_abort")
     assert "freed at step 1.5 bdrv_drop_intermediate" in model.finding.message
