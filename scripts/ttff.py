@@ -1,6 +1,10 @@
 """Time to first finding of each seed-bug form over many campaigns (seeds FIRST..FIRST+N-1).
 
     python scripts/ttff.py --engine pct --seeds 200 [--first 0] [--out runs.json] [--against old.json]
+    python scripts/ttff.py --engine random --seeds 10 --signature use-after-free@commit_abort
+
+With ``--signature``, the time to the first finding with that signature on the fixed
+model instead (QEMU 7.2's own behaviours, documented in corpus/known, included).
 
 Prints per form the median and mean runs and seconds; with ``--against`` (an earlier
 ``--out``), Â12 and the Mann-Whitney p-value on runs against it (above 0.5: fewer
@@ -21,14 +25,18 @@ from harness.campaign import time_to_first_finding
 from harness.stats import a12, mann_whitney_p
 
 
-def measure(engine: str, seeds: range, max_runs: int) -> dict:
-    """Per form: the runs and seconds of each campaign (``max_runs`` when nothing was found)."""
+def measure(engine: str, seeds: range, max_runs: int, signature: str | None = None) -> dict:
+    """Per form (or for ``signature`` on the fixed model): the runs and seconds of each
+    campaign (``max_runs`` when nothing was found)."""
     out = {}
-    for bug, kind in ENGINE_BUGS:
-        trials = [time_to_first_finding(engine, bug, s, max_runs, kind) for s in seeds]
-        out[bug] = {"runs": [r if v == kind else max_runs for r, _, v in trials],
-                    "seconds": [t for _, t, _ in trials],
-                    "missed": sum(v != kind for _, _, v in trials)}
+    targets = [("", signature)] if signature else ENGINE_BUGS
+    for bug, kind in targets:
+        trials = [time_to_first_finding(engine, bug, s, max_runs, kind,
+                                        known=frozenset() if signature else None) for s in seeds]
+        kind = kind.split("@")[0]
+        out[bug or signature] = {"runs": [r if v == kind else max_runs for r, _, v in trials],
+                                 "seconds": [t for _, t, _ in trials],
+                                 "missed": sum(v != kind for _, _, v in trials)}
     return out
 
 
@@ -51,8 +59,10 @@ def main() -> None:
     p.add_argument("--max-runs", type=int, default=40000)
     p.add_argument("--out")
     p.add_argument("--against")
+    p.add_argument("--signature", help="time to this finding on the fixed model instead")
     args = p.parse_args()
-    result = measure(args.engine, range(args.first, args.first + args.seeds), args.max_runs)
+    result = measure(args.engine, range(args.first, args.first + args.seeds), args.max_runs,
+                     args.signature)
     against = json.load(open(args.against)) if args.against else None
     report(result, against)
     if args.out:
