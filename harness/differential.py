@@ -404,7 +404,7 @@ class Differ:
             # QEMU's x-wait-jobs lifted speed limits (its rate limits run in real time):
             # the model lifts the same ones in the same order; its runs without stay allowed
             model = _merged(model, model_outcomes(
-                case, self.seeds, lambda c, s: reference_model(c, s, unthrottle=lifted)),
+                case, self.seeds, partial(reference_model, unthrottle=lifted)),
                 ", speed limits lifted as on QEMU")
         # (run, note, fewest gaps). The model's runs with no gap are among its seeds
         # already, but not with qcow2's metadata reads, which it leaves out otherwise
@@ -420,8 +420,7 @@ class Differ:
             # QEMU's x-steps waited in real time, its rate limits running meanwhile; the
             # model's go 50 ms of virtual time at most: let each end where QEMU's ended
             model = _merged(model, model_outcomes(
-                case, self.seeds,
-                lambda c, s: reference_model(c, s, unthrottle=lifted or None, x_step_until=timed)),
+                case, self.seeds, partial(reference_model, unthrottle=lifted or None, x_step_until=timed)),
                 ", x-steps ending when QEMU's did")
             finding = compare(case, qemu, model, self.seeds)
         if finding is not None and finding.kind == "qemu-mismatch" and gapped:

@@ -525,8 +525,8 @@ def _common_job_args(source: ChoiceSource, res: Resources, args: dict, label: st
         args["speed"] = speed
     arguments = res.swarm.arguments
     if "backing-file" in arguments and source.choose(4, labels["backing-file"]) == 1:
-        args["backing-file"] = pick(source, labels["backing-file-name"], res.filenames + (
-            ["custom.qcow2", TOO_LONG_BACKING_FILE] if res.swarm.errors else ["custom.qcow2"]))
+        args["backing-file"] = pick(source, labels["backing-file-name"], res.filenames + ["custom.qcow2"]
+                                    + ([TOO_LONG_BACKING_FILE] if res.swarm.errors else []))
     for flag in ("auto-finalize", "auto-dismiss"):
         if flag in arguments:
             value = weighted(source, labels[flag], ((2, None), (1, False), (1, True)))

@@ -62,13 +62,14 @@ def build(m: Machine, case: Case) -> None:
 
 
 def new_machine(case: Case, source: ChoiceSource, bug_ids: tuple[str, ...],
-                trace: bool = False) -> Machine:
+                trace: bool = False, metadata_io: bool = False) -> Machine:
     """The machine a run of ``case`` starts from (before :func:`build`): its choices
-    from ``source``, the case's schedule options, and QEMU's path lengths (the QEMU
-    backend's case directories are :data:`CASE_PATH_PREFIX` characters long)."""
+    from ``source``, qcow2 metadata reads if asked or if the case's schedule asks, and
+    QEMU's path lengths (the QEMU backend's case directories are
+    :data:`CASE_PATH_PREFIX` characters long)."""
     m = Machine(source.choose, bug_ids, trace=trace)
     m.path_prefix = CASE_PATH_PREFIX
-    m.metadata_io = bool((case.schedule or {}).get("metadata-io"))
+    m.metadata_io = metadata_io or bool((case.schedule or {}).get("metadata-io"))
     return m
 
 
@@ -90,10 +91,9 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
         if b not in BUGS:
             raise UsageError(f"unknown bug id '{b}'; known: {', '.join(sorted(BUGS))}")
     source = source if source is not None else source_for(case)
-    m = new_machine(case, source, bug_ids, trace=trace)
+    m = new_machine(case, source, bug_ids, trace=trace, metadata_io=metadata_io)
     if unthrottle:
         m.unthrottle = {i: list(devices) for i, devices in unthrottle.items()}
-    m.metadata_io = metadata_io or m.metadata_io
     if x_step_until:
         m.x_step_until = dict(x_step_until)
     source.attach(m)

@@ -246,3 +246,19 @@ def test_a_stream_rewrites_the_header_even_when_its_graph_change_fails(monkeypat
     assert completed[-1]["error"] == "Operation not permitted"
     assert m.named_nodes["node7"].backing.bs is m.named_nodes["node6"]
     assert m.images["node7.qcow2"].header_backing == "node5.qcow2"
+
+
+def test_every_run_of_a_case_counts_qemus_path_lengths_and_takes_the_schedules_options():
+    """harness.backends.reference.new_machine, the machine of run_case and of `show
+    --graph`: QEMU's path length from the QEMU backend, metadata reads if the case's
+    schedule or the caller asks."""
+    from harness.backends.qemu_images import CASE_PATH_PREFIX
+    from harness.backends.reference import new_machine
+    from harness.case import load
+    plain = load("corpus/regressions/qemu-fidelity-backing-string-too-long-for-qcow2.json")
+    reads = load("corpus/regressions/qemu-fidelity-qcow2-metadata-read-keeps-a-job-busy.json")
+    source = RandomSource(0)
+    assert [(m.path_prefix, m.metadata_io) for m in (
+        new_machine(plain, source, ()), new_machine(reads, source, ()),
+        new_machine(plain, source, (), metadata_io=True))] == \
+        [(CASE_PATH_PREFIX, False), (CASE_PATH_PREFIX, True), (CASE_PATH_PREFIX, True)]

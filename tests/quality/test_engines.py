@@ -11,7 +11,7 @@ import pytest
 
 from harness import case as case_mod
 from harness.backends.reference import run_case
-from harness.campaign import (ENGINES, Budget, Campaign, Config, atheris_available, known_signatures,
+from harness.campaign import (ENGINES, Budget, Campaign, Config, atheris_available, documented_signatures,
                               replay_outcome, run_campaign, time_to_first_finding)
 from harness.check import check
 from harness.corpus import FindingStore
@@ -67,7 +67,7 @@ def test_a_campaign_keeps_the_seed_bug_minimized_and_replayable(tmp_path, bug):
 
 #: QEMU 7.2's own behaviours the fixed model reproduces (corpus/known): the engines may
 #: meet them on the fixed model, and count them there without reporting them
-KNOWN = known_signatures("corpus/known")
+KNOWN = documented_signatures()
 
 
 @pytest.mark.parametrize("engine", [engine_param(e) for e in ENGINES])
