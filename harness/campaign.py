@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import queue as queue_mod
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,7 @@ from harness.case import Case
 from harness.cells import REQUIRED, CellCoverage
 from harness.choices import PCTSource, RandomSource, pct_bound
 from harness.corpus import FindingStore, Outcome, StoredFinding, iter_cases, judge
-from harness.errors import UsageError
+from harness.errors import AtherisError, UsageError
 from harness.generate import run_generated, run_generated_batch
 from harness.learning import RecentShares
 
@@ -623,20 +624,31 @@ def run_atheris(c: Campaign, work_dir: str) -> None:
                BLOCKFUZZ_STATUS="1", BLOCKFUZZ_MUTATOR=c.config.mutator,
                BLOCKFUZZ_FEEDBACK=c.config.feedback)
     lines: queue_mod.Queue = queue_mod.Queue()
-    procs = []
+    procs, logs = [], []
     for w in range(c.config.jobs):
-        log = open(os.path.join(staging, f"libfuzzer-{w}.log"), "w")
-        p = subprocess.Popen(atheris_command(c.config, corpus_dir, w), env=env, stdout=subprocess.PIPE,
-                             stderr=log, text=True, cwd=work_dir)
+        logs.append(os.path.join(staging, f"libfuzzer-{w}.log"))
+        with open(logs[-1], "w") as log:
+            p = subprocess.Popen(atheris_command(c.config, corpus_dir, w), env=env, stdout=subprocess.PIPE,
+                                 stderr=log, text=True, cwd=work_dir)
         threading.Thread(target=_pump, args=(p, w, lines), daemon=True).start()
         procs.append(p)
+    finished, reported = False, set()
     try:
-        _follow_atheris(c, lines, len(procs))
+        reported = _follow_atheris(c, lines, len(procs))
+        finished = True
     finally:
         for p in procs:
             if p.poll() is None:
                 p.terminate()
             p.wait()
+    # a worker told to stop at its first finding stops with libFuzzer's crash exit
+    failed = [(w, p.returncode) for w, p in enumerate(procs)
+              if p.returncode != 0 and not (c.config.stop_at_first and w in reported)]
+    if failed:
+        worker, code = failed[0]
+        raise AtherisError(worker, code, logs[worker])
+    if finished:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _pump(proc: subprocess.Popen, worker: int, lines: queue_mod.Queue) -> None:
@@ -646,8 +658,11 @@ def _pump(proc: subprocess.Popen, worker: int, lines: queue_mod.Queue) -> None:
     lines.put((worker, None))
 
 
-def _follow_atheris(c: Campaign, lines: queue_mod.Queue, workers: int) -> None:
+def _follow_atheris(c: Campaign, lines: queue_mod.Queue, workers: int) -> set[int]:
+    """Take the workers' status lines until each has closed its output; returns the
+    workers that reported a finding."""
     runs: dict[int, int] = {}
+    reported: set[int] = set()
     while workers:
         try:
             worker, status = lines.get(timeout=0.25)
@@ -662,6 +677,7 @@ def _follow_atheris(c: Campaign, lines: queue_mod.Queue, workers: int) -> None:
         c.stats.runs = sum(runs.values())
         c.stats.cells.add(status.get("cells", ()), c.stats.runs)
         if "finding" in status:
+            reported.add(worker)
             f = status["finding"]
             outcome = Outcome(f["kind"], f["where"], f["message"])
             if c.stats.first is None and outcome.signature not in c.config.known:
@@ -670,6 +686,7 @@ def _follow_atheris(c: Campaign, lines: queue_mod.Queue, workers: int) -> None:
             c.found(case_mod.load(f["path"]), outcome)
         if c.on_progress:
             c.on_progress(c)
+    return reported
 
 
 class FuzzFinding(Exception):

@@ -25,3 +25,28 @@ class CaseError(UsageError):
 
 class QemuError(BlockfuzzError):
     """Real QEMU could not be used (missing, failed to start, ...)."""
+
+
+class AtherisError(BlockfuzzError):
+    """An atheris worker of a campaign stopped on its own with an error.
+
+    ``worker`` is its number, ``returncode`` libFuzzer's exit code and ``log``
+    the file holding libFuzzer's output, kept for the reader.
+    """
+
+    def __init__(self, worker: int, returncode: int, log: str):
+        last = _last_line(log)
+        super().__init__(f"atheris worker {worker} exited with code {returncode}"
+                         f"{f' ({last})' if last else ''}; libFuzzer's output is in {log}")
+        self.worker = worker
+        self.returncode = returncode
+        self.log = log
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:200] if lines else ""

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -348,9 +349,11 @@ def test_the_atheris_engine_needs_atheris(monkeypatch, capsys):
 
 
 @needs_atheris
-def test_the_atheris_engine_runs_the_target_in_a_subprocess(capsys, tmp_path):
+def test_the_atheris_engine_runs_the_target_in_a_subprocess(capsys, tmp_path, monkeypatch):
     # the mechanics only: whether 300 runs find the bug depends on libFuzzer's own
     # randomness; tests/quality gives atheris the budget to find it
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     rc, lines, _ = fuzz(capsys, "--engine", "atheris", "--runs", "300", "--bugs", NO_DRAIN,
                         "--findings", str(tmp_path / "f"))
     assert lines[1].startswith("runs 300 in ")
@@ -358,6 +361,24 @@ def test_the_atheris_engine_runs_the_target_in_a_subprocess(capsys, tmp_path):
     found = [f.name for f in (tmp_path / "f").iterdir() if f.suffix == ".json"]
     assert (rc == 1) == bool(found)
     assert len(os.listdir(tmp_path / "f" / "atheris-corpus")) >= campaign.ATHERIS_SEEDS
+    assert os.listdir(tmp_path / "tmp") == []      # the workers' staging went with them
+
+
+def test_an_atheris_worker_that_fails_stops_the_campaign_and_keeps_its_log(capsys, tmp_path, monkeypatch):
+    # a worker that dies as libFuzzer does on an uncaught exception in the target
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(campaign, "atheris_available", lambda: True)
+    monkeypatch.setattr(campaign, "atheris_command", lambda config, corpus, w: [
+        sys.executable, "-c", "import sys; print('==1== ERROR: libFuzzer: deadly signal', file=sys.stderr); "
+                              "sys.exit(77)"])
+    rc, _, err = fuzz(capsys, "--engine", "atheris", "--runs", "10", "--findings", str(tmp_path / "f"))
+    assert rc == 2 and err.count("\n") == 1
+    assert "atheris worker 0 exited with code 77 (==1== ERROR: libFuzzer: deadly signal); " \
+           "libFuzzer's output is in " in err
+    log = err.rstrip().rsplit(" ", 1)[1]
+    assert os.path.dirname(os.path.dirname(log)) == str(tmp_path)
+    with open(log) as f:
+        assert "deadly signal" in f.read()
 
 
 @needs_atheris
