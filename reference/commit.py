@@ -130,7 +130,8 @@ def commit_start(m, job_id, bs, base, top, backing_file_str, *, speed, on_error,
     try:
         if job.base_read_only:
             bdrv_reopen_set_read_only(base, False)
-        ct = bdrv_append_filter(m, "commit_top", filter_node_name, top, implicit=not filter_node_name)
+        ct = bdrv_append_filter(m, "commit_top", filter_node_name, top, implicit=not filter_node_name,
+                                drained=False)
         bdrv_unref(ct, "commit_start")   # owned by its new parents from here on
         job.commit_top_bs = ct
         job.base_overlay = bdrv_find_overlay(top, base)

@@ -464,10 +464,14 @@ def _would_cycle(bs, new) -> bool:
 
 
 def bdrv_replace_node(from_bs: BlockDriverState, to: BlockDriverState,
-                      auto_skip: bool = True, detach_subchain: bool = False) -> None:
-    """Move every movable parent edge of ``from_bs`` to ``to`` (bdrv_replace_node_common)."""
+                      auto_skip: bool = True, detach_subchain: bool = False,
+                      drained: bool = True) -> None:
+    """Move every movable parent edge of ``from_bs`` to ``to`` (bdrv_replace_node_common,
+    which drains ``from_bs``; with ``drained`` False, bdrv_append's
+    bdrv_replace_node_noperm, which does not)."""
     bdrv_ref(from_bs, "bdrv_replace_node")
-    drain.bdrv_drained_begin(from_bs)
+    if drained:
+        drain.bdrv_drained_begin(from_bs)
     try:
         live(to, "bdrv_replace_node")
         to_cow_parent = None
@@ -492,7 +496,8 @@ def bdrv_replace_node(from_bs: BlockDriverState, to: BlockDriverState,
             if c is not None and c.bs is to:
                 bdrv_unref_child(to_cow_parent, c)
     finally:
-        drain.bdrv_drained_end(from_bs)
+        if drained:
+            drain.bdrv_drained_end(from_bs)
         bdrv_unref(from_bs, "bdrv_replace_node")
 
 
@@ -504,9 +509,14 @@ def _node_above(top: BlockDriverState, target: BlockDriverState) -> BlockDriverS
 
 
 def bdrv_append_filter(m: "Machine", drv: str, name: str | None, bs: BlockDriverState,
-                       implicit: bool) -> BlockDriverState:
+                       implicit: bool, drained: bool = True) -> BlockDriverState:
     """Create a filter above ``bs`` and move ``bs``'s movable parents to it (bdrv_append /
-    bdrv_insert_node). The creator's reference is returned to the caller."""
+    bdrv_insert_node). The creator's reference is returned to the caller.
+
+    ``drained``: whether ``bs`` is drained while its parents move, as
+    bdrv_insert_node (copy-on-read) and mirror_start_job (mirror_top) do; 7.2's
+    commit_start calls bdrv_append bare (QEMU shows a throttled job above ``bs``
+    pause once as a commit starts, for the base's reopen, not twice)."""
     node_name = name if name else m.auto_node_name()
     if name and name in m.named_nodes:
         raise QMPError(f"Duplicate nodes with node-name='{name}'")
@@ -514,7 +524,7 @@ def bdrv_append_filter(m: "Machine", drv: str, name: str | None, bs: BlockDriver
     f.read_only = bs.read_only
     m.named_nodes[node_name] = f
     bdrv_attach_child(f, bs, FILTER_CHILD[drv])
-    bdrv_replace_node(bs, f, auto_skip=True)
+    bdrv_replace_node(bs, f, auto_skip=True, drained=drained)
     return f
 
 

@@ -247,18 +247,25 @@ class Machine:
         return blk
 
     def blk_unref(self, blk: BlockBackend | None) -> None:
-        """blk_unref of a job's own BlockBackend: blk_delete -> blk_remove_bs, which
-        drains its node first (blk_drain: a drained section on the node, its
-        parents quiesced and the loop polled, like any other), then drops the edge."""
+        """blk_unref of a job's own BlockBackend, its last reference: QEMU 7.2 drains
+        it (blk_drain), then blk_delete -> blk_remove_bs drains it again and drops the
+        edge. Two drained sections on its node, each quiescing the node's parents and
+        polling the loop, so a job paused by one runs on between them (QEMU shows a
+        throttled commit copy a chunk in each)."""
         if blk is not None and blk.root is not None:
-            bs = blk.root.bs
-            bdrv_ref(bs, "blk_drain")
-            bdrv_drained_begin(bs)
-            self.aio.poll_while(lambda: blk.in_flight > 0, f"blk_drain of '{bs.node_name}'")
-            bdrv_drained_end(bs)
-            bdrv_unref(bs, "blk_drain")
+            self.blk_drain(blk)          # blk_unref
+            self.blk_drain(blk)          # blk_delete -> blk_remove_bs
             c, blk.root = blk.root, None
             bdrv_unref_child(blk, c)
+
+    def blk_drain(self, blk: BlockBackend) -> None:
+        """blk_drain: a drained section on the BlockBackend's node, waiting for its requests."""
+        bs = blk.root.bs
+        bdrv_ref(bs, "blk_drain")
+        bdrv_drained_begin(bs)
+        self.aio.poll_while(lambda: blk.in_flight > 0, f"blk_drain of '{bs.node_name}'")
+        bdrv_drained_end(bs)
+        bdrv_unref(bs, "blk_drain")
 
     # -- jobs ---------------------------------------------------------------------
 

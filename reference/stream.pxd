@@ -5,5 +5,5 @@
 from reference.job cimport Job
 
 cdef class StreamJob(Job):
-    cdef public object target_bs, base_overlay, above_base, backing_file_str, cor_filter_bs
+    cdef public object target_bs, base_overlay, above_base, backing_file_str, cor_filter_bs, blk
     cdef public bint cor_frozen, bs_read_only

@@ -29,6 +29,7 @@ class StreamJob(Job):
 
     def __init__(self, m, job_id: str, main_bs, **kw):
         self.cor_filter_bs = None      # until the start function inserts it (holds() reads it)
+        self.blk = None                # the job's own BlockBackend (StreamBlockJob.blk)
         super().__init__(m, job_id, main_bs, **kw)
 
     def filter_bs(self):
@@ -171,8 +172,11 @@ class StreamJob(Job):
         bdrv_unref(cor, "bdrv_cor_filter_drop")
 
     def clean(self) -> None:
-        """stream_clean: drop the filter if still there, reopen read-only."""
+        """stream_clean: drop the filter if still there, release the job's own
+        BlockBackend (now on the top: dropping the filter moved it), reopen read-only."""
         self.cor_filter_drop()
+        blk, self.blk = self.blk, None
+        self.m.blk_unref(blk)
         if self.bs_read_only:
             bdrv_reopen_set_read_only(self.target_bs, True)
 
@@ -210,6 +214,7 @@ def stream_start(m, job_id, bs, base, backing_file_str, bottom, *, speed, on_err
         _drop_cor(cor, base_overlay)
         _undo_reopen(bs, bs_read_only)
         raise
+    job.blk = m.blk_new(cor)       # blk_new_with_bs on the filter, no request queuing
     job.target_bs = bs
     job.base_overlay = base_overlay
     job.above_base = above_base

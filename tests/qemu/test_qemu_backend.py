@@ -76,6 +76,25 @@ def test_overlapping_3_seed_active_commit_moves_the_device_to_the_base(runner):
         "BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED"]
 
 
+# -- drained sections, counted by a throttled job ------------------------------------------
+
+@pytest.mark.parametrize("name", ["stream_completion", "commit"])
+def test_qemu_pauses_a_throttled_job_as_often_as_the_model_says(runner, name):
+    """The raw status events of ``tests/model/drain_counts.py``'s cases: each drained
+    section reaching the job at 1 byte/s is one 'paused'/'running' pair. An x-step ends
+    after 50 ms without events, so on a loaded machine QEMU's may end before the
+    stream did, and x-wait-jobs then lifts the commit's limit: at most 3 runs."""
+    from tests.model import drain_counts
+    case = getattr(drain_counts, f"{name}_case")()
+    expected = getattr(drain_counts, f"{name.upper()}_EVENTS")
+    for _ in range(3):
+        obs = runner.run(case)
+        assert obs.finding is None, obs.finding
+        if drain_counts.raw_events(obs.events) == expected:
+            break
+    assert drain_counts.raw_events(obs.events) == expected
+
+
 # -- error texts -----------------------------------------------------------------------
 
 def test_error_texts_letter_for_letter_with_filenames_mapped_back(runner):

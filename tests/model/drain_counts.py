@@ -1,0 +1,72 @@
+"""Two cases whose raw job status events count the drained sections that reach a
+throttled job, with the sequences QEMU 7.2 gives (``tests/qemu`` runs them there).
+
+A job throttled to 1 byte/s copies its first chunk and then sleeps for good, except
+that each drained section reaching it wakes it: it pauses ('paused'), resumes
+('running') and copies one more chunk without sleeping. The events are folded away
+when outcomes are compared (``fold_drain_pairs``), so these sequences are the one
+place the number of sections is pinned.
+"""
+import json
+import os
+
+from harness.case import Case, from_dict
+
+SEED = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "seeds", "030",
+                    "test_overlapping_5.json")
+
+
+def _case(commands: list) -> Case:
+    with open(SEED) as f:
+        data = json.load(f)
+    data.pop("expect")
+    data["commands"] = commands
+    return from_dict(data)
+
+
+def stream_completion_case() -> Case:
+    """030's overlapping_5 with the commit at 1 byte/s: the stream's start pauses the
+    commit twice (reopen, filter insertion), its completion five times."""
+    return _case([
+        {"execute": "block-commit", "arguments": {"device": "drive0", "top-node": "node2", "base-node": "node0",
+                                                  "filter-node-name": "commit-filter", "speed": 1}},
+        {"execute": "x-step", "arguments": {"count": 200}},
+        {"execute": "block-stream", "arguments": {"device": "node4", "base-node": "commit-filter",
+                                                  "job-id": "node4"}},
+        {"execute": "x-step", "arguments": {"count": 200}}])
+
+
+STREAM_COMPLETION_EVENTS = (
+    ["drive0:created", "drive0:running"]
+    + ["drive0:paused", "drive0:running"] * 2          # block-stream: reopen, filter insertion
+    + ["node4:created", "node4:running", "node4:waiting", "node4:pending"]
+    # cor filter drop, subtree drain, blk_unref's and blk_remove_bs's drains, read-only reopen
+    + ["drive0:paused", "drive0:running"] * 5
+    + ["BLOCK_JOB_COMPLETED", "node4:concluded", "node4:null",
+       "drive0:waiting", "drive0:pending", "BLOCK_JOB_COMPLETED", "drive0:concluded", "drive0:null"])
+
+
+def commit_case() -> Case:
+    """A stream at 1 byte/s of node6 down to node3, then a commit below it: the commit's
+    start pauses the stream once (the base's reopen; commit_start's bdrv_append does not
+    drain), its completion four times."""
+    return _case([
+        {"execute": "block-stream", "arguments": {"device": "node6", "base-node": "node3", "job-id": "node6",
+                                                  "speed": 1}},
+        {"execute": "x-step", "arguments": {"count": 200}},
+        {"execute": "block-commit", "arguments": {"device": "drive0", "top-node": "node2", "base-node": "node0"}},
+        {"execute": "x-step", "arguments": {"count": 200}}])
+
+
+COMMIT_EVENTS = (
+    ["node6:created", "node6:running", "drive0:created", "node6:paused", "node6:running",
+     "drive0:running", "drive0:waiting", "drive0:pending"]
+    + ["node6:paused", "node6:running"] * 4
+    + ["BLOCK_JOB_COMPLETED", "drive0:concluded", "drive0:null",
+       "node6:waiting", "node6:pending", "BLOCK_JOB_COMPLETED", "node6:concluded", "node6:null"])
+
+
+def raw_events(events: list) -> list[str]:
+    """Job status changes as ``id:status``, other events by name, nothing folded."""
+    return [f"{e['data']['id']}:{e['data']['status']}" if e["event"] == "JOB_STATUS_CHANGE" else e["event"]
+            for e in events]
