@@ -2,8 +2,9 @@
 
 Both observations are brought to one shape (:func:`normalise`): the replies
 (success, or error class and text), each job's status sequence with drain
-pauses folded away, the final chain's node names with filters collapsed and
-their backing strings, the guest-visible data, the on-disk backing strings
+pauses folded away, the final chain's node names with filters collapsed,
+their backing strings and read-only flags, the guest-visible data, the on-disk
+backing strings
 (where both sides report them) and the kind of finding, if any.
 
 The model's scheduler may legitimately give several outcomes, so QEMU's
@@ -50,7 +51,7 @@ GAP_BOUND = 2       # gap schedules tried on a mismatch: at most this many gaps 
 GAP_SEEDS = 2       # ... each under this many seeds for the other decisions
 METADATA_NOTE = ", qcow2 metadata reads as I/O (schedule metadata-io)"
 #: the fields of a normalised outcome, in report order
-FIELDS = ("finding", "replies", "job_statuses", "chain", "backing", "data", "on_disk_backing")
+FIELDS = ("finding", "replies", "job_statuses", "chain", "backing", "read_only", "data", "on_disk_backing")
 
 #: QEMU's automatic node names come from a process-wide counter (block.c's
 #: bdrv_assign_node_name): never stable across runs, so compared as one name
@@ -71,6 +72,7 @@ def normalise(obs: Observation) -> dict[str, Any]:
         "job_statuses": {job: fold_drain_pairs(seq) for job, seq in sorted(obs.job_statuses.items())},
         "chain": [_auto(n) for n in obs.chain_names(collapse_filters=True)],
         "backing": [[_auto(n.node_name), n.backing_file] for n in obs.chain if not n.is_filter],
+        "read_only": [[_auto(n.node_name), n.read_only] for n in obs.chain if not n.is_filter],
         "data": _merge_runs(obs.data),
         "on_disk_backing": obs.extra.get("on_disk_backing"),
     }

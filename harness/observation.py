@@ -17,6 +17,7 @@ class ChainNode:
     driver: str                 # qcow2, raw, copy-on-read, commit_top, mirror_top
     filename: str               # the case's filename of the image (a filter: its child's)
     backing_file: str | None    # the image header's backing string (None: no backing)
+    read_only: bool | None = None   # opened read-only (QEMU's "ro"); None: not observed
 
     @property
     def is_filter(self) -> bool:

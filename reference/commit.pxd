@@ -9,7 +9,7 @@ cdef class CommitJob(Job):
 
 cdef class MirrorCommitJob(Job):
     cdef public object src_bs, target_bs, mirror_top_bs, target_blk, base_overlay
-    cdef public bint base_read_only, should_complete, exited, in_drain, src_drained, chain_frozen
+    cdef public bint should_complete, exited, in_drain, src_drained, chain_frozen
     cdef public list dirty
 
     cpdef bint driver_drained_poll(self)

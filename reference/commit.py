@@ -295,9 +295,9 @@ class MirrorCommitJob(Job):
         bdrv_unref(target, "mirror_exit_common")
         return ret
 
-    def clean(self) -> None:
-        if self.base_read_only and not self.target_bs.freed_at:
-            bdrv_reopen_set_read_only(self.target_bs, True)
+    # no clean hook: QEMU 7.2 leaves a base it made writable writable, after a pivot
+    # (it is the device's image now), a soft cancel or an abort alike; the reopen
+    # read-only on abort came in QEMU 8.x (MirrorBlockJob.base_ro)
 
 
 def _add_range(ranges, start, end):
@@ -332,7 +332,6 @@ def commit_active_start(m, job_id, bs, base, *, speed, on_error, filter_node_nam
         raise
     bdrv_unref(mt, "mirror_start_job")     # the job now holds it
     job.src_bs, job.target_bs, job.mirror_top_bs = bs, base, mt
-    job.base_read_only = base_read_only
     job.should_complete = False
     job.exited = False
     job.in_drain = False

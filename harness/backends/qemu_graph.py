@@ -93,12 +93,12 @@ def chain_from(graph: BlockGraph, root: str | None,
         info = graph.nodes[name]
         driver = info.get("drv", "")
         if driver in FILTER_CHILD:
-            chain.append(ChainNode(name, driver, below_filename, None))
+            chain.append(ChainNode(name, driver, below_filename, None, bool(info.get("ro"))))
             continue
         backing = (info.get("image") or {}).get("backing-filename")
         below_filename = to_case(image_filename(graph, name))
         chain.append(ChainNode(name, driver, below_filename,
-                               to_case(backing) if backing is not None else None))
+                               to_case(backing) if backing is not None else None, bool(info.get("ro"))))
     chain.reverse()
     return chain
 

@@ -160,6 +160,6 @@ def observe_chain(m: Machine) -> list[ChainNode]:
         if bs.freed_at is not None:
             raise ModelFault(f"the chain reaches freed node '{bs.node_name}'", "observe")
         out.append(ChainNode(bs.node_name, bs.drv, bs.display_filename(),
-                             None if bs.is_filter else bs.backing_file))
+                             None if bs.is_filter else bs.backing_file, bs.read_only))
         bs = bdrv_filter_or_cow_bs(bs)
     return out

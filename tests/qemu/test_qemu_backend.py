@@ -43,12 +43,12 @@ def test_overlapping_5_seed_replays_with_its_replies_chain_data_and_backing_stri
     assert obs.replies == [OK, OK, OK, OK]
     assert obs.chain_names() == seed.expect["final-chain"]
     assert obs.chain == [
-        ChainNode("node8", "qcow2", "node8.qcow2", "node7.qcow2"),
-        ChainNode("node7", "qcow2", "node7.qcow2", "node6.qcow2"),
-        ChainNode("node6", "qcow2", "node6.qcow2", "node5.qcow2"),
-        ChainNode("node5", "qcow2", "node5.qcow2", "node4.qcow2"),
-        ChainNode("node4", "qcow2", "node4.qcow2", "node0.raw"),
-        ChainNode("node0", "raw", "node0.raw", None),
+        ChainNode("node8", "qcow2", "node8.qcow2", "node7.qcow2", False),
+        ChainNode("node7", "qcow2", "node7.qcow2", "node6.qcow2", True),
+        ChainNode("node6", "qcow2", "node6.qcow2", "node5.qcow2", True),
+        ChainNode("node5", "qcow2", "node5.qcow2", "node4.qcow2", True),
+        ChainNode("node4", "qcow2", "node4.qcow2", "node0.raw", True),
+        ChainNode("node0", "raw", "node0.raw", None, True),
     ]
     assert obs.job_statuses == {"drive0": DONE, "node4": DONE}
     assert obs.jobs_left == {}
@@ -346,9 +346,9 @@ def test_a_backing_string_naming_no_file_is_read_image_by_image(runner):
                                                   "backing-file": "custom.qcow2"}},
     ], images=3))
     assert obs.finding is None
-    assert obs.chain == [ChainNode("n2", "qcow2", "n2.qcow2", "custom.qcow2"),
-                         ChainNode("n1", "qcow2", "n1.qcow2", "n0.qcow2"),
-                         ChainNode("n0", "qcow2", "n0.qcow2", None)]
+    assert obs.chain == [ChainNode("n2", "qcow2", "n2.qcow2", "custom.qcow2", False),
+                         ChainNode("n1", "qcow2", "n1.qcow2", "n0.qcow2", True),
+                         ChainNode("n0", "qcow2", "n0.qcow2", None, True)]
     assert obs.extra["on_disk_backing"] == {"n2.qcow2": "custom.qcow2", "n1.qcow2": "n0.qcow2",
                                             "n0.qcow2": None}
 

@@ -2,6 +2,7 @@
 side-by-side report, and the command line (exact lines, exit codes)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -27,10 +28,10 @@ CASE = Case(images=(Image("n0"), Image("n1"), Image("n2")),
 
 
 def obs(reply1=OK, chain=("n2", "n0"), statuses=None, data=((0, 1 << 20, 0),), **extra) -> Observation:
-    nodes = {"n2": ChainNode("n2", "qcow2", "n2.qcow2", "n1.qcow2"),
-             "cor": ChainNode("#block123", "copy-on-read", "n1.qcow2", None),
-             "n1": ChainNode("n1", "qcow2", "n1.qcow2", "n0.qcow2"),
-             "n0": ChainNode("n0", "qcow2", "n0.qcow2", None)}
+    nodes = {"n2": ChainNode("n2", "qcow2", "n2.qcow2", "n1.qcow2", False),
+             "cor": ChainNode("#block123", "copy-on-read", "n1.qcow2", None, False),
+             "n1": ChainNode("n1", "qcow2", "n1.qcow2", "n0.qcow2", True),
+             "n0": ChainNode("n0", "qcow2", "n0.qcow2", None, True)}
     return Observation(replies=[reply1, OK],
                        job_statuses=statuses or {"s": ["created", "running", "paused", "running",
                                                        "waiting", "pending", "concluded", "null"]},
@@ -50,6 +51,7 @@ def test_normalise_keeps_what_both_sides_can_show_alike():
         "job_statuses": {"s": ["created", "running", "waiting", "pending", "concluded", "null"]},
         "chain": ["n2", "n1", "n0"],
         "backing": [["n2", "n1.qcow2"], ["n1", "n0.qcow2"], ["n0", None]],
+        "read_only": [["n2", False], ["n1", True], ["n0", True]],
         "data": [[0, 30, 0], [30, 5, 7]],
         "on_disk_backing": {"n2.qcow2": "n1.qcow2"},
     }
@@ -60,6 +62,13 @@ def test_on_disk_strings_count_only_when_both_sides_report_them():
     assert differing_fields(a, b) == []
     c = normalise(obs(on_disk_backing={"n2.qcow2": "y"}))
     assert differing_fields(a, c) == ["on_disk_backing"]
+
+
+def test_a_node_left_writable_on_one_side_only_is_a_difference():
+    a = obs()
+    b = obs()
+    b.chain[1] = dataclasses.replace(b.chain[1], read_only=False)
+    assert differing_fields(normalise(a), normalise(b)) == ["read_only"]
 
 
 def test_agreement_with_any_model_outcome_is_agreement():
@@ -103,13 +112,15 @@ def test_a_report_shows_other_fields_and_qemus_own_finding():
     assert text[:3] == [
         "qemu-mismatch: finding: model none / qemu hang",
         "QEMU differs from all 1 model outcome(s) over 1 seeds; the closest (seed 0) differ in: "
-        "finding, chain, backing, data",
+        "finding, chain, backing, read_only, data",
         "QEMU finding: hang: command 1 (x-wait-jobs): jobs did not settle"]
     assert text[6:] == [
         "finding:", "  model (seed 0): none", "  qemu: hang",
         "chain:", "  model (seed 0): n2 → n0", "  qemu: n2 → n1 → n0",
         "backing:", '  model (seed 0): [["n2", "n1.qcow2"], ["n0", null]]',
         '  qemu: [["n2", "n1.qcow2"], ["n1", "n0.qcow2"], ["n0", null]]',
+        "read_only:", '  model (seed 0): [["n2", false], ["n0", true]]',
+        '  qemu: [["n2", false], ["n1", true], ["n0", true]]',
         "data:", "  model (seed 0): [[0, 1048576, 0]]", "  qemu: [[0, 1048576, 9]]"]
 
 

@@ -42,13 +42,13 @@ def _graph_replies():
     xdbg = {"nodes": nodes, "edges": [{"parent": ids[p], "child": ids[c], "name": e,
                                        "perm": [], "shared-perm": []} for p, c, e in edges]}
     named = [
-        {"node-name": "node3", "drv": "qcow2", "file": "/d/node3.qcow2",
+        {"node-name": "node3", "ro": False, "drv": "qcow2", "file": "/d/node3.qcow2",
          "image": {"backing-filename": "/d/node2.qcow2"}},
-        {"node-name": "cor", "drv": "copy-on-read", "file": "/d/node2.qcow2", "image": {}},
-        {"node-name": "node2", "drv": "qcow2", "file": "/d/node2.qcow2",
+        {"node-name": "cor", "ro": False, "drv": "copy-on-read", "file": "/d/node2.qcow2", "image": {}},
+        {"node-name": "node2", "ro": True, "drv": "qcow2", "file": "/d/node2.qcow2",
          "image": {"backing-filename": "/d/node1.qcow2"}},
-        {"node-name": "ct", "drv": "commit_top", "file": "/d/node1.qcow2", "image": {}},
-        {"node-name": "node1", "drv": "raw", "file": "/d/node1.raw", "image": {}},
+        {"node-name": "ct", "ro": True, "drv": "commit_top", "file": "/d/node1.qcow2", "image": {}},
+        {"node-name": "node1", "ro": True, "drv": "raw", "file": "/d/node1.raw", "image": {}},
         {"node-name": "#block1", "drv": "file", "file": "/d/node3.qcow2", "image": {}},
     ]
     return xdbg, named
@@ -60,11 +60,11 @@ def test_the_chain_follows_backing_and_filtered_children_and_maps_filenames():
     assert graph is not None
     assert graph.root_of("drive0") == "node3" and graph.root_of("nope") is None
     chain = chain_from(graph, "node3", lambda s: s.replace("/d/", ""))
-    assert chain == [ChainNode("node3", "qcow2", "node3.qcow2", "node2.qcow2"),
-                     ChainNode("cor", "copy-on-read", "node2.qcow2", None),
-                     ChainNode("node2", "qcow2", "node2.qcow2", "node1.qcow2"),
-                     ChainNode("ct", "commit_top", "node1.raw", None),
-                     ChainNode("node1", "raw", "node1.raw", None)]
+    assert chain == [ChainNode("node3", "qcow2", "node3.qcow2", "node2.qcow2", False),
+                     ChainNode("cor", "copy-on-read", "node2.qcow2", None, False),
+                     ChainNode("node2", "qcow2", "node2.qcow2", "node1.qcow2", True),
+                     ChainNode("ct", "commit_top", "node1.raw", None, True),
+                     ChainNode("node1", "raw", "node1.raw", None, True)]
     assert chain_from(graph, None) == [] and chain_from(graph, "gone") == []
     assert filters_above(graph, "node2") == ["cor"]
     assert filters_above(graph, "node1") == ["ct"]
