@@ -66,6 +66,84 @@ COMMIT_EVENTS = (
        "node6:waiting", "node6:pending", "BLOCK_JOB_COMPLETED", "node6:concluded", "node6:null"])
 
 
+def _x_step() -> dict:
+    return {"execute": "x-step", "arguments": {"count": 200}}
+
+
+#: more such cases, each with a job at 1 byte/s watching another job start and end
+#: (or be cancelled, finalized, dismissed), the loop running until idle after each
+#: command; ``tests/qemu`` holds QEMU's raw events to the model's for each.
+SCENARIOS: dict[str, list[tuple[str, dict]]] = {
+    "cancel-stream": [
+        ("block-commit", {"device": "drive0", "top-node": "node2", "base-node": "node0",
+                          "filter-node-name": "commit-filter", "speed": 1}),
+        ("block-stream", {"device": "node4", "base-node": "commit-filter", "job-id": "node4", "speed": 1}),
+        ("block-job-cancel", {"device": "node4"}),
+    ],
+    "cancel-commit": [
+        ("block-stream", {"device": "node6", "base-node": "node3", "job-id": "node6", "speed": 1}),
+        ("block-commit", {"device": "drive0", "top-node": "node2", "base-node": "node0", "speed": 1}),
+        ("block-job-cancel", {"device": "drive0"}),
+    ],
+    "active-commit": [
+        ("block-stream", {"device": "node6", "base-node": "node3", "job-id": "node6", "speed": 1}),
+        ("block-commit", {"device": "drive0", "base-node": "node7", "job-id": "ac"}),
+        ("block-job-complete", {"device": "ac"}),
+    ],
+    "stream-over-stream": [
+        ("block-stream", {"device": "node3", "base-node": "node1", "job-id": "low", "speed": 1}),
+        ("block-stream", {"device": "node7", "base-node": "node5", "job-id": "high"}),
+    ],
+    "commit-above-stream": [
+        ("block-stream", {"device": "node3", "base-node": "node1", "job-id": "low", "speed": 1}),
+        ("block-commit", {"device": "drive0", "top-node": "node6", "base-node": "node4"}),
+    ],
+    "stream-top-over-commit": [
+        ("block-commit", {"device": "drive0", "top-node": "node2", "base-node": "node0", "speed": 1}),
+        ("block-stream", {"device": "drive0", "base-node": "node5", "job-id": "s"}),
+    ],
+    "stream-backing-file": [
+        ("block-commit", {"device": "drive0", "top-node": "node2", "base-node": "node0", "speed": 1}),
+        ("block-stream", {"device": "node6", "base-node": "node4", "job-id": "s", "backing-file": "x.qcow2"}),
+    ],
+    "commit-filter-name-below-stream": [
+        ("block-stream", {"device": "node7", "base-node": "node5", "job-id": "s", "speed": 1}),
+        ("block-commit", {"device": "drive0", "top-node": "node4", "base-node": "node1",
+                          "filter-node-name": "cf", "backing-file": "y.qcow2"}),
+    ],
+    "stream-manual-finalize": [
+        ("block-commit", {"device": "drive0", "top-node": "node2", "base-node": "node0", "speed": 1}),
+        ("block-stream", {"device": "node6", "base-node": "node4", "job-id": "s",
+                          "auto-finalize": False, "auto-dismiss": False}),
+        ("job-finalize", {"id": "s"}),
+        ("job-dismiss", {"id": "s"}),
+    ],
+    "commit-manual-finalize": [
+        ("block-stream", {"device": "node7", "base-node": "node5", "job-id": "s", "speed": 1}),
+        ("block-commit", {"device": "drive0", "top-node": "node3", "base-node": "node1",
+                          "auto-finalize": False, "job-id": "c"}),
+        ("job-finalize", {"id": "c"}),
+    ],
+    "stream-cancel-before-start-copy": [
+        ("block-stream", {"device": "node7", "base-node": "node5", "job-id": "s", "speed": 1}),
+        ("block-stream", {"device": "node3", "base-node": "node1", "job-id": "t", "speed": 1}),
+        ("block-job-cancel", {"device": "t"}),
+    ],
+    "active-commit-cancel-force": [
+        ("block-stream", {"device": "node6", "base-node": "node3", "job-id": "node6", "speed": 1}),
+        ("block-commit", {"device": "drive0", "base-node": "node7", "job-id": "ac"}),
+        ("block-job-cancel", {"device": "ac", "force": True}),
+    ],
+}
+
+
+def scenario_case(name: str) -> Case:
+    commands = []
+    for execute, arguments in SCENARIOS[name]:
+        commands += [{"execute": execute, "arguments": arguments}, _x_step()]
+    return _case(commands)
+
+
 def raw_events(events: list) -> list[str]:
     """Job status changes as ``id:status``, other events by name, nothing folded."""
     return [f"{e['data']['id']}:{e['data']['status']}" if e["event"] == "JOB_STATUS_CHANGE" else e["event"]
