@@ -46,9 +46,8 @@ class CommitJob(Job):
         length = self.top_bs.data.size
         self.len = length
         offset = 0
-        delay = 0
         while offset < length:
-            yield from self.sleep_ns(delay)
+            yield from self.sleep_ns(self.ratelimit_calculate_delay(0))   # block_job_ratelimit_sleep
             if self.is_cancelled():
                 break
             if m.metadata_io:
@@ -61,7 +60,8 @@ class CommitJob(Job):
                 m.copy_range(self.top_bs, self.base_bs, offset, n)
             offset += n
             self.offset = offset
-            delay = self.ratelimit_calculate_delay(n) if copy else 0
+            if copy:
+                self.ratelimit_calculate_delay(n)       # block_job_ratelimit_processed_bytes
         return 0
 
     def copies_left(self) -> int:

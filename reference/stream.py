@@ -44,9 +44,8 @@ class StreamJob(Job):
         length = bs.data.size
         self.len = length
         offset = 0
-        delay = 0
         while offset < length:
-            yield from self.sleep_ns(delay)
+            yield from self.sleep_ns(self.ratelimit_calculate_delay(0))   # block_job_ratelimit_sleep
             if self.is_cancelled():
                 break
             if m.metadata_io:
@@ -62,7 +61,8 @@ class StreamJob(Job):
                 m.copy_on_read(bs, offset, n)
             offset += n
             self.offset = offset
-            delay = self.ratelimit_calculate_delay(n) if copy else 0
+            if copy:
+                self.ratelimit_calculate_delay(n)       # block_job_ratelimit_processed_bytes
         return 0
 
     def prepare(self) -> int:

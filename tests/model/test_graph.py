@@ -2,6 +2,7 @@
 import pytest
 
 from harness.backends.reference import run_case
+from harness.case import Write
 from harness.choices import RandomSource, RecordedSource
 from reference import drain, qmp
 from reference.data import ImageData
@@ -258,3 +259,35 @@ def test_unknown_command_and_queries():
 def test_id_wellformed():
     assert id_wellformed("a-b.c_1") and not id_wellformed("") and not id_wellformed("1a")
     assert not id_wellformed("#block1") and not id_wellformed("a b")
+
+
+@pytest.mark.parametrize("job_kind", ["commit", "stream"])
+def test_a_throttled_job_woken_by_a_drain_runs_one_iteration_even_over_unallocated_clusters(job_kind):
+    """QEMU 7.2 sleeps at the top of every iteration for what the rate limiter says
+    then (a copied chunk's delay lasts through later iterations that copy nothing),
+    once: a drain's wake lets it run one iteration. Its trace for this layout (one
+    cluster at 320K, one at 960K, 1 byte/s) shows the commit's iterations at 0 and
+    320K (the first chunk is free), then one per drain: 384K (unallocated, 512K, the
+    block-status limit), 896K (unallocated), 960K (copied)."""
+    from harness.backends.reference import build
+    from reference.qmp import execute
+    writes = {1: (Write(327680, 65536, 1), Write(983040, 65536, 2))}
+    case = chain_case(4, writes=writes)
+    args = ({"device": "drive0", "top-node": "node1", "base-node": "node0", "job-id": "j", "speed": 1}
+            if job_kind == "commit" else
+            {"device": "node2", "base-node": "node0", "job-id": "j", "speed": 1})
+    m = Machine(RandomSource(0).choose)
+    build(m, case)
+    assert execute(m, f"block-{job_kind}", args) == {"return": {}}
+    job = m.jobs["j"]
+    while m.aio.aio_poll(blocking=False):
+        pass
+    offsets = [job.offset]
+    node1 = m.named_nodes["node1"]        # the job holds an edge to it either way
+    for _ in range(3):
+        drain.bdrv_drained_begin(node1)
+        drain.bdrv_drained_end(node1)
+        while m.aio.aio_poll(blocking=False):
+            pass
+        offsets.append(job.offset)
+    assert offsets == [393216, 917504, 983040, 1048576]
