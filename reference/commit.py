@@ -46,8 +46,9 @@ class CommitJob(Job):
         length = self.top_bs.data.size
         self.len = length
         offset = 0
+        delay = 0
         while offset < length:
-            yield from self.sleep_ns(self.ratelimit_calculate_delay(0))   # block_job_ratelimit_sleep
+            yield from self.sleep_ns(delay)
             if self.is_cancelled():
                 break
             if m.metadata_io:
@@ -60,8 +61,7 @@ class CommitJob(Job):
                 m.copy_range(self.top_bs, self.base_bs, offset, n)
             offset += n
             self.offset = offset
-            if copy:
-                self.ratelimit_calculate_delay(n)       # block_job_ratelimit_processed_bytes
+            delay = self.ratelimit_calculate_delay(n) if copy else 0
         return 0
 
     def copies_left(self) -> int:

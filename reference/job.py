@@ -259,17 +259,10 @@ class Job:
             yield from self.io()
 
     def ratelimit_calculate_delay(self, n: int) -> int:
-        """ratelimit_calculate_delay on virtual time: count ``n`` bytes, return how long
-        to sleep now.
+        """block_job_ratelimit_get_delay / ratelimit_calculate_delay on virtual time.
 
-        A 7.2 stream or commit asks it at the top of every iteration with 0
-        (block_job_ratelimit_sleep, which sleeps once: a job woken early, by a
-        drain, goes on) and counts a chunk it copied with its size
-        (block_job_ratelimit_processed_bytes). So an iteration over unallocated
-        clusters, woken early too, still sleeps off the earlier chunk's delay
-        before the next chunk: QEMU's throttled commit copies one chunk per
-        drain, not two when an unallocated stretch lies between them. A mirror
-        asks after each chunk, with its size, and sleeps that."""
+        QEMU 7.2 computes the delay after a chunk that copied and sleeps it at the
+        top of the next iteration; a job woken early (a drain) does not sleep again."""
         if not self.slice_quota:
             return 0
         now = self.m.aio.now

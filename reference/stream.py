@@ -44,8 +44,9 @@ class StreamJob(Job):
         length = bs.data.size
         self.len = length
         offset = 0
+        delay = 0
         while offset < length:
-            yield from self.sleep_ns(self.ratelimit_calculate_delay(0))   # block_job_ratelimit_sleep
+            yield from self.sleep_ns(delay)
             if self.is_cancelled():
                 break
             if m.metadata_io:
@@ -61,8 +62,7 @@ class StreamJob(Job):
                 m.copy_on_read(bs, offset, n)
             offset += n
             self.offset = offset
-            if copy:
-                self.ratelimit_calculate_delay(n)       # block_job_ratelimit_processed_bytes
+            delay = self.ratelimit_calculate_delay(n) if copy else 0
         return 0
 
     def prepare(self) -> int:

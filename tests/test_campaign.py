@@ -232,7 +232,7 @@ def test_hypothesis_campaigns_draw_their_blocks_whole(monkeypatch):
         providers.append(type(data.conjecture_data.provider))
         real(c, data, out, *signature)
     monkeypatch.setattr(campaign, "_hypothesis_case", seen)
-    c = Campaign(Config(engine="hypothesis", bugs=(NO_DRAIN,), seed=5, budget=Budget(runs=2000),
+    c = Campaign(Config(engine="hypothesis", bugs=(NO_DRAIN,), seed=5, budget=Budget(runs=600),
                         minimize=False))
     campaign.run_hypothesis(c)
     assert c.signatures                            # it found, and shrank, something
