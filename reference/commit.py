@@ -22,6 +22,9 @@ from reference.graph import (bdrv_append_filter, bdrv_drop_intermediate, bdrv_fi
 from reference.job import Job, SLICE_NS
 
 COMMIT_BUFFER_SIZE = 512 << 10
+#: mirror's default buffer (DEFAULT_MIRROR_BUF_SIZE): one mirror_iteration copies the
+#: run of consecutive dirty clusters from the first dirty one, up to this much
+MIRROR_BUF_SIZE = 16 << 20
 
 
 class CommitJob(Job):
@@ -186,7 +189,7 @@ class MirrorCommitJob(Job):
         self.len = length
         if m.metadata_io:
             yield from self.read_metadata(src, self.base_overlay)
-        self.dirty = m.allocated_ranges(src, self.base_overlay)
+        self.dirty = _merged(m.allocated_ranges(src, self.base_overlay))   # the dirty bitmap
         delay = 0
         while True:
             yield from self.sleep_ns(delay)
@@ -222,9 +225,12 @@ class MirrorCommitJob(Job):
         return 0
 
     def _iteration(self) -> Generator:
-        """Copy one chunk of the first dirty range; return the delay before the next."""
+        """mirror_iteration: copy the first run of consecutive dirty clusters (up to the
+        buffer's size) and return the rate limit's delay before the next. QEMU 7.2's
+        trace (mirror_one_iteration) shows one iteration issuing every request of a
+        640 KiB run made of three layers' extents."""
         start, end = self.dirty.pop(0)
-        stop = min(end, start + COMMIT_BUFFER_SIZE)
+        stop = min(end, start + MIRROR_BUF_SIZE)
         if stop < end:
             self.dirty.insert(0, (stop, end))
         yield from self.io()
@@ -298,6 +304,15 @@ class MirrorCommitJob(Job):
     # no clean hook: QEMU 7.2 leaves a base it made writable writable, after a pivot
     # (it is the device's image now), a soft cancel or an abort alike; the reopen
     # read-only on abort came in QEMU 8.x (MirrorBlockJob.base_ro)
+
+
+def _merged(ranges):
+    """Adjacent or overlapping ranges as one: a dirty bitmap does not remember which
+    layer's extent a cluster came from."""
+    out = []
+    for start, end in ranges:
+        out = _add_range(out, start, end)
+    return out
 
 
 def _add_range(ranges, start, end):
