@@ -80,12 +80,15 @@ def _parent_drained_poll_single(c: BdrvChild) -> bool:
 
 
 def child_attach(c: BdrvChild) -> None:
-    """bdrv_child_cb_attach: a new child inherits the parent's subtree drains."""
+    """bdrv_child_cb_attach -> bdrv_apply_subtree_drain: a new child inherits the
+    parent's subtree drains, each a drained_begin that polls, so a job below that
+    was resumed in between (the child detached, then attached again) runs to its
+    pause point before the attach returns, as QEMU 7.2's events show."""
     p = c.parent_node
     if p is None:
         return
     for _ in range(p.recursive_quiesce_counter):
-        _drained_begin(c.bs, True, c, False)
+        _drained_begin(c.bs, True, c, True)
 
 
 def child_detach(c: BdrvChild) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 
 from harness.case import Case, from_dict
+from harness.generate import TOO_LONG_BACKING_FILE
 
 SEED = os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "seeds", "030",
                     "test_overlapping_5.json")
@@ -74,6 +75,12 @@ def _x_step() -> dict:
 #: (or be cancelled, finalized, dismissed), the loop running until idle after each
 #: command; ``tests/qemu`` holds QEMU's raw events to the model's for each.
 SCENARIOS: dict[str, list[tuple[str, dict]]] = {
+    # a stream onto a throttled stream's filter whose header update then fails (over
+    # qcow2's 1,023 characters): the failure path's drains
+    "stream-onto-a-throttled-streams-filter-whose-header-update-fails": [
+        ("block-stream", {"device": "node5", "filter-node-name": "filter0", "job-id": "node5", "speed": 1}),
+        ("block-stream", {"device": "drive0", "base-node": "filter0", "backing-file": TOO_LONG_BACKING_FILE}),
+    ],
     "cancel-stream": [
         ("block-commit", {"device": "drive0", "top-node": "node2", "base-node": "node0",
                           "filter-node-name": "commit-filter", "speed": 1}),
@@ -137,7 +144,17 @@ SCENARIOS: dict[str, list[tuple[str, dict]]] = {
 }
 
 
+#: generated cases (scripts/drain_diff.py) kept for what they showed, by name
+CASE_FILES = {"attach-polls-a-throttled-stream": os.path.join(os.path.dirname(__file__), "cases",
+                                                              "attach-polls-a-throttled-stream.json")}
+#: every case the QEMU test holds to the model
+ALL = sorted(SCENARIOS) + sorted(CASE_FILES)
+
+
 def scenario_case(name: str) -> Case:
+    if name in CASE_FILES:
+        from harness.case import load
+        return load(CASE_FILES[name])
     commands = []
     for execute, arguments in SCENARIOS[name]:
         commands += [{"execute": execute, "arguments": arguments}, _x_step()]

@@ -7,7 +7,7 @@ import pytest
 
 from harness.case import Case, Command, Image, Write, from_dict, load
 from harness.observation import ChainNode
-from tests.model.drain_counts import SCENARIOS
+from tests.model.drain_counts import ALL
 
 pytestmark = pytest.mark.qemu
 
@@ -103,7 +103,7 @@ def test_qemu_pauses_a_throttled_job_as_often_as_the_model_says(runner, name):
     assert _qemu_raw_events(runner, case, expected) == expected
 
 
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+@pytest.mark.parametrize("name", ALL)
 def test_a_throttled_job_sees_as_many_drains_on_qemu_as_on_the_model(runner, name):
     from harness.backends.reference import run_case
     from harness.choices import RandomSource
