@@ -81,3 +81,11 @@ def fold_drain_pairs(statuses: list[str]) -> list[str]:
             continue
         out.append(s)
     return out
+
+
+def raw_statuses(events: list[dict]) -> list[str]:
+    """Job status changes as ``id:status``, other events by name, drain pauses kept
+    (the differential comparison folds them away; a job at 1 byte/s makes them
+    countable, see ``scripts/drain_diff.py``)."""
+    return [f"{e['data']['id']}:{e['data']['status']}" if e["event"] == "JOB_STATUS_CHANGE" else e["event"]
+            for e in events]

@@ -28,15 +28,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from harness.backends.qemu import QemuRunner  # noqa: E402
+from harness.backends.qemu_jobs import JOB_COMMANDS  # noqa: E402
 from harness.backends.reference import run_case  # noqa: E402
 from harness.case import Command, save  # noqa: E402
 from harness.choices import RandomSource  # noqa: E402
 from harness.differential import unthrottled  # noqa: E402
 from harness.generate import generate  # noqa: E402
+from harness.observation import raw_statuses  # noqa: E402
 
 STEP = Command("x-step", {"count": 200})
 DROPPED = ("block-job-set-speed", "x-wait-jobs", "x-step")
-JOB_COMMANDS = ("block-stream", "block-commit")
 
 
 def drain_driven(case):
@@ -51,13 +52,8 @@ def drain_driven(case):
     return replace(case, commands=tuple(commands), schedule={"policy": "random", "seed": 0}, expect=None)
 
 
-def raw(events) -> list[str]:
-    return [f"{e['data']['id']}:{e['data']['status']}" if e["event"] == "JOB_STATUS_CHANGE" else e["event"]
-            for e in events]
-
-
 def outcome(obs) -> tuple:
-    return tuple(raw(obs.events)), tuple("error" in r for r in obs.replies)
+    return tuple(raw_statuses(obs.events)), tuple("error" in r for r in obs.replies)
 
 
 def agreeing_model(case, qemu, seeds: int):
@@ -97,8 +93,8 @@ def main(argv=None) -> int:
             differ += 1
             os.makedirs(args.out, exist_ok=True)
             path = os.path.join(args.out, f"case-{args.seed}-{i}.json")
-            save(replace(case, description=json.dumps({"qemu": raw(qemu.events), "model": raw(model.events)})),
-                 path)
+            events = {"qemu": raw_statuses(qemu.events), "model": raw_statuses(model.events)}
+            save(replace(case, description=json.dumps(events)), path)
             print(f"DIFF {path}", flush=True)
     print(f"{compared} compared, {differ} differ")
     return 1 if differ else 0

@@ -18,7 +18,8 @@ How a case maps onto QEMU (see the README's "Real QEMU" section):
   ``x-wait-jobs``: wait until every job is concluded or waits on a verb
   (pending without auto-finalize, ready, user-paused); both bounded by
   ``timeout``, whose expiry is a ``hang`` finding showing ``query-jobs``;
-  ``x-guest-write``: HMP ``qemu-io <drive> "write -P ..."``, or a write through a writable NBD export of the top node on the daemon;
+  ``x-guest-write``: HMP ``qemu-io <drive> "write -P ..."``, or a write through
+  a writable NBD export of the top node on the daemon;
 * an implicit ``x-wait-jobs`` ends every case; then the chain
   (``x-debug-query-block-graph`` + ``query-named-block-nodes``), the guest
   data (read-only NBD export of the device's node), ``query-jobs``; after

@@ -92,13 +92,14 @@ def chain_from(graph: BlockGraph, root: str | None,
     for name in reversed(names):
         info = graph.nodes[name]
         driver = info.get("drv", "")
+        read_only = bool(info.get("ro"))
         if driver in FILTER_CHILD:
-            chain.append(ChainNode(name, driver, below_filename, None, bool(info.get("ro"))))
+            chain.append(ChainNode(name, driver, below_filename, None, read_only))
             continue
         backing = (info.get("image") or {}).get("backing-filename")
         below_filename = to_case(image_filename(graph, name))
         chain.append(ChainNode(name, driver, below_filename,
-                               to_case(backing) if backing is not None else None, bool(info.get("ro"))))
+                               to_case(backing) if backing is not None else None, read_only))
     chain.reverse()
     return chain
 

@@ -1,11 +1,11 @@
-"""Two cases whose raw job status events count the drained sections that reach a
-throttled job, with the sequences QEMU 7.2 gives (``tests/qemu`` runs them there).
+"""Cases whose raw job status events count the drained sections that reach a
+throttled job (``tests/qemu`` holds QEMU 7.2's to the model's).
 
 A job throttled to 1 byte/s copies its first chunk and then sleeps for good, except
 that each drained section reaching it wakes it: it pauses ('paused'), resumes
 ('running') and copies one more chunk without sleeping. The events are folded away
 when outcomes are compared (``fold_drain_pairs``), so these sequences are the one
-place the number of sections is pinned.
+place the number of sections is pinned (:func:`harness.observation.raw_statuses`).
 """
 import json
 import os
@@ -25,56 +25,50 @@ def _case(commands: list) -> Case:
     return from_dict(data)
 
 
-def stream_completion_case() -> Case:
-    """030's overlapping_5 with the commit at 1 byte/s: the stream's start pauses the
-    commit twice (reopen, filter insertion), its completion five times."""
-    return _case([
-        {"execute": "block-commit", "arguments": {"device": "drive0", "top-node": "node2", "base-node": "node0",
-                                                  "filter-node-name": "commit-filter", "speed": 1}},
-        {"execute": "x-step", "arguments": {"count": 200}},
-        {"execute": "block-stream", "arguments": {"device": "node4", "base-node": "commit-filter",
-                                                  "job-id": "node4"}},
-        {"execute": "x-step", "arguments": {"count": 200}}])
-
-
-STREAM_COMPLETION_EVENTS = (
-    ["drive0:created", "drive0:running"]
-    + ["drive0:paused", "drive0:running"] * 2          # block-stream: reopen, filter insertion
-    + ["node4:created", "node4:running", "node4:waiting", "node4:pending"]
-    # cor filter drop, subtree drain, blk_unref's and blk_remove_bs's drains, read-only reopen
-    + ["drive0:paused", "drive0:running"] * 5
-    + ["BLOCK_JOB_COMPLETED", "node4:concluded", "node4:null",
-       "drive0:waiting", "drive0:pending", "BLOCK_JOB_COMPLETED", "drive0:concluded", "drive0:null"])
-
-
-def commit_case() -> Case:
-    """A stream at 1 byte/s of node6 down to node3, then a commit below it: the commit's
-    start pauses the stream once (the base's reopen; commit_start's bdrv_append does not
-    drain), its completion four times."""
-    return _case([
-        {"execute": "block-stream", "arguments": {"device": "node6", "base-node": "node3", "job-id": "node6",
-                                                  "speed": 1}},
-        {"execute": "x-step", "arguments": {"count": 200}},
-        {"execute": "block-commit", "arguments": {"device": "drive0", "top-node": "node2", "base-node": "node0"}},
-        {"execute": "x-step", "arguments": {"count": 200}}])
-
-
-COMMIT_EVENTS = (
-    ["node6:created", "node6:running", "drive0:created", "node6:paused", "node6:running",
-     "drive0:running", "drive0:waiting", "drive0:pending"]
-    + ["node6:paused", "node6:running"] * 4
-    + ["BLOCK_JOB_COMPLETED", "drive0:concluded", "drive0:null",
-       "node6:waiting", "node6:pending", "BLOCK_JOB_COMPLETED", "node6:concluded", "node6:null"])
-
-
 def _x_step() -> dict:
     return {"execute": "x-step", "arguments": {"count": 200}}
 
 
-#: more such cases, each with a job at 1 byte/s watching another job start and end
-#: (or be cancelled, finalized, dismissed), the loop running until idle after each
-#: command; ``tests/qemu`` holds QEMU's raw events to the model's for each.
+#: a stream at 1 byte/s of node6 down to node3: it watches what happens below it
+THROTTLED_STREAM_OF_NODE6 = ("block-stream", {"device": "node6", "base-node": "node3", "job-id": "node6",
+                                              "speed": 1})
+
+#: the raw events QEMU 7.2 gives for two of the scenarios below
+EXPECTED = {
+    # 030's overlapping_5 with the commit at 1 byte/s: the stream's start pauses the
+    # commit twice (reopen, filter insertion), its completion five times (the filter's
+    # drop, the subtree drain, blk_unref's and blk_remove_bs's drains, the reopen)
+    "stream-completion": (
+        ["drive0:created", "drive0:running"]
+        + ["drive0:paused", "drive0:running"] * 2
+        + ["node4:created", "node4:running", "node4:waiting", "node4:pending"]
+        + ["drive0:paused", "drive0:running"] * 5
+        + ["BLOCK_JOB_COMPLETED", "node4:concluded", "node4:null",
+           "drive0:waiting", "drive0:pending", "BLOCK_JOB_COMPLETED", "drive0:concluded", "drive0:null"]),
+    # a commit below the throttled stream: its start pauses the stream once (the base's
+    # reopen; commit_start's bdrv_append does not drain), its completion four times
+    "commit-start-and-completion": (
+        ["node6:created", "node6:running", "drive0:created", "node6:paused", "node6:running",
+         "drive0:running", "drive0:waiting", "drive0:pending"]
+        + ["node6:paused", "node6:running"] * 4
+        + ["BLOCK_JOB_COMPLETED", "drive0:concluded", "drive0:null",
+           "node6:waiting", "node6:pending", "BLOCK_JOB_COMPLETED", "node6:concluded", "node6:null"]),
+}
+
+
+#: cases with a job at 1 byte/s watching another job start and end (or be cancelled,
+#: finalized, dismissed), the loop running until idle after each command;
+#: ``tests/qemu`` holds QEMU's raw events to the model's for each.
 SCENARIOS: dict[str, list[tuple[str, dict]]] = {
+    "stream-completion": [
+        ("block-commit", {"device": "drive0", "top-node": "node2", "base-node": "node0",
+                          "filter-node-name": "commit-filter", "speed": 1}),
+        ("block-stream", {"device": "node4", "base-node": "commit-filter", "job-id": "node4"}),
+    ],
+    "commit-start-and-completion": [
+        THROTTLED_STREAM_OF_NODE6,
+        ("block-commit", {"device": "drive0", "top-node": "node2", "base-node": "node0"}),
+    ],
     # a stream onto a throttled stream's filter whose header update then fails (over
     # qcow2's 1,023 characters): the failure path's drains
     "stream-onto-a-throttled-streams-filter-whose-header-update-fails": [
@@ -88,12 +82,12 @@ SCENARIOS: dict[str, list[tuple[str, dict]]] = {
         ("block-job-cancel", {"device": "node4"}),
     ],
     "cancel-commit": [
-        ("block-stream", {"device": "node6", "base-node": "node3", "job-id": "node6", "speed": 1}),
+        THROTTLED_STREAM_OF_NODE6,
         ("block-commit", {"device": "drive0", "top-node": "node2", "base-node": "node0", "speed": 1}),
         ("block-job-cancel", {"device": "drive0"}),
     ],
     "active-commit": [
-        ("block-stream", {"device": "node6", "base-node": "node3", "job-id": "node6", "speed": 1}),
+        THROTTLED_STREAM_OF_NODE6,
         ("block-commit", {"device": "drive0", "base-node": "node7", "job-id": "ac"}),
         ("block-job-complete", {"device": "ac"}),
     ],
@@ -137,7 +131,7 @@ SCENARIOS: dict[str, list[tuple[str, dict]]] = {
         ("block-job-cancel", {"device": "t"}),
     ],
     "active-commit-cancel-force": [
-        ("block-stream", {"device": "node6", "base-node": "node3", "job-id": "node6", "speed": 1}),
+        THROTTLED_STREAM_OF_NODE6,
         ("block-commit", {"device": "drive0", "base-node": "node7", "job-id": "ac"}),
         ("block-job-cancel", {"device": "ac", "force": True}),
     ],
@@ -159,9 +153,3 @@ def scenario_case(name: str) -> Case:
     for execute, arguments in SCENARIOS[name]:
         commands += [{"execute": execute, "arguments": arguments}, _x_step()]
     return _case(commands)
-
-
-def raw_events(events: list) -> list[str]:
-    """Job status changes as ``id:status``, other events by name, nothing folded."""
-    return [f"{e['data']['id']}:{e['data']['status']}" if e["event"] == "JOB_STATUS_CHANGE" else e["event"]
-            for e in events]

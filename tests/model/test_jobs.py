@@ -5,10 +5,11 @@ import pytest
 
 from harness.backends.reference import run_case
 from harness.choices import RandomSource, RecordedSource
+from harness.observation import raw_statuses
 from reference.errors import IllegalTransition
 from reference.job import TRANSITIONS, VERBS
 from tests.model.conftest import chain_case
-from tests.model.drain_counts import ALL
+from tests.model.drain_counts import ALL, EXPECTED, scenario_case
 
 
 def statuses(obs, job):
@@ -298,36 +299,28 @@ def test_an_x_step_runs_to_the_virtual_time_it_is_given_since_the_first_command(
                                                          "desc": "Job not found"}}
 
 
-def test_a_streams_completion_pauses_a_throttled_commit_five_times():
-    # the commit copies a chunk after each: with these eight it finishes inside the
-    # stream's completion (QEMU 7.2 shows the same five; the model used to give three)
-    from tests.model.drain_counts import STREAM_COMPLETION_EVENTS, raw_events, stream_completion_case
-    obs = run_case(stream_completion_case(), RandomSource(0))
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_a_throttled_job_is_paused_by_each_drained_section_that_reaches_it(name):
+    # stream-completion: five pauses of the commit (the model used to give three), so
+    # its eight chunks finish inside the stream's completion; commit-start-and-
+    # completion: one pause at the commit's start (two before), four at its end (three)
+    obs = run_case(scenario_case(name), RandomSource(0))
     assert obs.finding is None
-    assert raw_events(obs.events) == STREAM_COMPLETION_EVENTS
+    assert raw_statuses(obs.events) == EXPECTED[name]
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_a_throttled_jobs_events_do_not_depend_on_the_schedule(name):
     # what tests/qemu compares with QEMU's: the loop runs until idle after each
     # command, so the drained sections that reach the job are all there is to count
-    from tests.model.drain_counts import raw_events, scenario_case
     runs = [run_case(scenario_case(name), RandomSource(seed)) for seed in range(4)]
     assert all(obs.finding is None for obs in runs)
-    assert len({tuple(raw_events(obs.events)) for obs in runs}) == 1
-
-
-def test_a_commits_start_pauses_a_throttled_stream_once_and_its_completion_four_times():
-    from tests.model.drain_counts import COMMIT_EVENTS, commit_case, raw_events
-    obs = run_case(commit_case(), RandomSource(0))
-    assert obs.finding is None
-    assert raw_events(obs.events) == COMMIT_EVENTS
+    assert len({tuple(raw_statuses(obs.events)) for obs in runs}) == 1
 
 
 def test_an_attach_inside_a_subtree_drain_polls_until_a_job_below_pauses_again():
     # tests/model/cases/attach-polls-a-throttled-stream.json: two pairs for node5
     # between the failing stream's 'pending' and 'aborting', as on QEMU 7.2
-    from tests.model.drain_counts import raw_events, scenario_case
-    events = raw_events(run_case(scenario_case("attach-polls-a-throttled-stream"), RandomSource(0)).events)
+    events = raw_statuses(run_case(scenario_case("attach-polls-a-throttled-stream"), RandomSource(0)).events)
     window = events[events.index("drive0:pending") + 1:events.index("drive0:aborting")]
     assert window == ["node5:paused", "node5:running"] * 2

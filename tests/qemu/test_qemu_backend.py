@@ -6,8 +6,8 @@ import os
 import pytest
 
 from harness.case import Case, Command, Image, Write, from_dict, load
-from harness.observation import ChainNode
-from tests.model.drain_counts import ALL
+from harness.observation import ChainNode, raw_statuses
+from tests.model.drain_counts import ALL, EXPECTED, scenario_case
 
 pytestmark = pytest.mark.qemu
 
@@ -79,38 +79,32 @@ def test_overlapping_3_seed_active_commit_moves_the_device_to_the_base(runner):
 
 # -- drained sections, counted by a throttled job ------------------------------------------
 
-def _qemu_raw_events(runner, case, expected: list[str]) -> list[str]:
+def _qemu_raw_statuses(runner, case, expected: list[str]) -> list[str]:
     """QEMU's raw status events for ``case``. An x-step ends after 50 ms without
     events, so on a loaded machine QEMU's may end before a job did, and x-wait-jobs
     then lifts the throttled job's limit: at most 3 runs to see ``expected``."""
-    from tests.model.drain_counts import raw_events
     for _ in range(3):
         obs = runner.run(case)
         assert obs.finding is None, obs.finding
-        if raw_events(obs.events) == expected:
+        if raw_statuses(obs.events) == expected:
             break
-    return raw_events(obs.events)
+    return raw_statuses(obs.events)
 
 
-@pytest.mark.parametrize("name", ["stream_completion", "commit"])
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_qemu_pauses_a_throttled_job_as_often_as_the_model_says(runner, name):
-    """The raw status events of ``tests/model/drain_counts.py``'s two cases, as the
-    model's tests pin them: each drained section reaching the job at 1 byte/s is one
-    'paused'/'running' pair."""
-    from tests.model import drain_counts
-    case = getattr(drain_counts, f"{name}_case")()
-    expected = getattr(drain_counts, f"{name.upper()}_EVENTS")
-    assert _qemu_raw_events(runner, case, expected) == expected
+    """The exact sequences the model's tests pin: each drained section reaching the
+    job at 1 byte/s is one 'paused'/'running' pair."""
+    assert _qemu_raw_statuses(runner, scenario_case(name), EXPECTED[name]) == EXPECTED[name]
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_a_throttled_job_sees_as_many_drains_on_qemu_as_on_the_model(runner, name):
     from harness.backends.reference import run_case
     from harness.choices import RandomSource
-    from tests.model.drain_counts import raw_events, scenario_case
     case = scenario_case(name)
-    model = raw_events(run_case(case, RandomSource(0)).events)
-    assert _qemu_raw_events(runner, case, model) == model
+    model = raw_statuses(run_case(case, RandomSource(0)).events)
+    assert _qemu_raw_statuses(runner, case, model) == model
 
 
 # -- error texts -----------------------------------------------------------------------
