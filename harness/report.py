@@ -213,18 +213,18 @@ def graph_source(case: Case, bugs: Iterable[str] | None, seed: int | None):
     m = new_machine(case, choices, tuple(case.bugs if bugs is None else bugs))
     build(m, case)
     before = query_graph(m)
-    fault = run_to_end(m, case, choices)
+    fault = run_to_end(m, case)
     title = "at the end" if fault is None else \
         f"at the {getattr(fault, 'kind', 'crash')} (command {m.cmd_index}, step {m.aio.steps})"
     return draw(before, {**query_graph(m), "fault": fault}, title)
 
 
-def run_to_end(m, case: Case, choices: ChoiceSource) -> Exception | None:
+def run_to_end(m, case: Case) -> Exception | None:
     """The run of :func:`harness.backends.reference.run_case` (its own loop, the
     same choices) on a machine kept for inspection; returns its fault, if any."""
     from harness.backends.reference import run_commands
     try:
-        run_commands(m, case, Observation(), choices)
+        run_commands(m, case, Observation())
     except Exception as exc:         # a model fault or a crash of the model: stop at that moment
         return exc
     return None

@@ -366,8 +366,29 @@ def job_settled(job: Job) -> bool:
     return False       # a pause asked for, not yet reached: QEMU reports 'running' until the pause point
 
 
+#: between two QMP commands the loop runs 0 .. CLIENT_GAP-2 iterations, or (the
+#: last choice) everything that is ready until it idles: QEMU's main loop is much
+#: faster than a QMP round trip, so a job with nothing left to wait for may finish
+#: before the next command arrives.
+CLIENT_GAP = 5
+IDLE_BOUND = 10_000
+
+
+def client_gap(m, label: str) -> None:
+    """The loop's work while the client's next command is on its way (a choice
+    of ``label``: how many iterations)."""
+    k = m.aio.choose(CLIENT_GAP, label)
+    for _ in range(k if k < CLIENT_GAP - 1 else IDLE_BOUND):
+        if not m.aio.aio_poll(blocking=False):
+            break
+
+
 def x_wait_jobs(m):
-    for device in m.unthrottle.get(m.cmd_index, ()):
+    # the QEMU backend sends one block-job-set-speed per throttled job and waits
+    # for each reply: a woken job may run, even to its completion, in between
+    for i, device in enumerate(m.unthrottle.get(m.cmd_index, ())):
+        if i:
+            client_gap(m, "lift-gap")
         _lift_speed_limit(m, device)
     while not _all_settled(m.jobs):
         if not m.aio.aio_poll(blocking=True):

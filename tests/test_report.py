@@ -162,7 +162,7 @@ def test_the_graph_replay_is_the_run_of_run_case(tmp_path, path):
     choices = source_for(case)
     m = Machine(choices.choose, case.bugs, trace=True)
     build(m, case)
-    fault = report.run_to_end(m, case, choices)
+    fault = report.run_to_end(m, case)
     obs = run_case(case, trace=True)
     assert choices.recorded == obs.choices
     assert [line for line in m.trace if " event " in line] == [line for line in obs.trace if " event " in line]

@@ -24,12 +24,8 @@ from reference.errors import BlockfuzzError, ModelFault
 from reference.graph import bdrv_filter_or_cow_bs
 from reference.machine import Machine
 
-#: between two commands the loop runs 0 .. BETWEEN-2 iterations, or (the last
-#: choice) everything that is ready until it idles: QEMU's main loop is much
-#: faster than a QMP round trip, so a job with nothing left to wait for may
-#: finish before the next command arrives.
-BETWEEN = 5
-IDLE_BOUND = 10_000
+#: the choices of the gap between two commands (see :func:`reference.qmp.client_gap`)
+BETWEEN = qmp.CLIENT_GAP
 
 
 def source_for(case: Case, seed: int | None = None) -> ChoiceSource:
@@ -100,7 +96,7 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
     obs = Observation()
     try:
         build(m, case)
-        run_commands(m, case, obs, source)
+        run_commands(m, case, obs)
     except ModelFault as fault:
         obs.finding = Finding(fault.kind, str(fault), fault.where, m.cmd_index)
     except Exception as exc:  # a bug in the model itself
@@ -113,16 +109,13 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
     return obs
 
 
-def run_commands(m: Machine, case: Case, obs: Observation, source: ChoiceSource) -> None:
+def run_commands(m: Machine, case: Case, obs: Observation) -> None:
     """Send the case's commands, with the loop running between them, then the
     implicit x-wait-jobs. Public so that `blockfuzz show` replays exactly this."""
     m.case_start = m.aio.now
     for i, cmd in enumerate(case.commands):
         if i:
-            k = source.choose(BETWEEN, "between")
-            for _ in range(k if k < BETWEEN - 1 else IDLE_BOUND):
-                if not m.aio.aio_poll(blocking=False):
-                    break
+            qmp.client_gap(m, "between")
         m.cmd_index = i
         obs.replies.append(qmp.execute(m, cmd.execute, dict(cmd.arguments)))
         if m.trace is not None:

@@ -139,10 +139,28 @@ SCENARIOS: dict[str, list[tuple[str, dict]]] = {
 
 
 #: generated cases (scripts/drain_diff.py) kept for what they showed, by name
-CASE_FILES = {"attach-polls-a-throttled-stream": os.path.join(os.path.dirname(__file__), "cases",
-                                                              "attach-polls-a-throttled-stream.json")}
-#: every case the QEMU test holds to the model
-ALL = sorted(SCENARIOS) + sorted(CASE_FILES)
+CASE_FILES = {name: os.path.join(os.path.dirname(__file__), "cases", f"{name}.json")
+              for name in ("attach-polls-a-throttled-stream", "speed-lifts-one-command-at-a-time")}
+#: every case the QEMU test holds to the model event for event (the loop idle after each
+#: command, so the schedule does not matter)
+ALL = sorted(SCENARIOS) + ["attach-polls-a-throttled-stream"]
+
+#: speed-lifts-one-command-at-a-time: the implicit x-wait-jobs lifts node3's limit,
+#: then node1's, each a QMP command of its own (the QEMU backend's order)
+LIFTS = {4: ["node3", "node1"]}
+#: QEMU 7.2 with the second block-job-set-speed late: node3 finished, its
+#: completion's drains pausing node1 once, before node1's limit went
+LIFTS_SLOW_CLIENT = [
+    "node1:created", "node1:running", "node3:created", "node3:running",
+    "node3:waiting", "node3:pending", "node1:paused", "node1:running", "BLOCK_JOB_COMPLETED",
+    "node3:concluded", "node3:null",
+    "node1:waiting", "node1:pending", "BLOCK_JOB_COMPLETED", "node1:concluded", "node1:null"]
+#: ... and with both set-speeds in before node3 ran: the two jobs finish side by side
+LIFTS_FAST_CLIENT = [
+    "node1:created", "node1:running", "node3:created", "node3:running",
+    "node3:waiting", "node3:pending", "node1:waiting", "node1:pending",
+    "BLOCK_JOB_COMPLETED", "node1:concluded", "node1:null",
+    "BLOCK_JOB_COMPLETED", "node3:concluded", "node3:null"]
 
 
 def scenario_case(name: str) -> Case:

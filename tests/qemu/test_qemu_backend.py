@@ -7,7 +7,7 @@ import pytest
 
 from harness.case import Case, Command, Image, Write, from_dict, load
 from harness.observation import ChainNode, raw_statuses
-from tests.model.drain_counts import ALL, EXPECTED, scenario_case
+from tests.model.drain_counts import ALL, EXPECTED, LIFTS, scenario_case
 
 pytestmark = pytest.mark.qemu
 
@@ -105,6 +105,21 @@ def test_a_throttled_job_sees_as_many_drains_on_qemu_as_on_the_model(runner, nam
     case = scenario_case(name)
     model = raw_statuses(run_case(case, RandomSource(0)).events)
     assert _qemu_raw_statuses(runner, case, model) == model
+
+
+def test_qemu_lifts_speed_limits_one_command_at_a_time_in_an_order_the_model_has(runner):
+    """Each of QEMU's outcomes (which one depends on how fast the second
+    block-job-set-speed arrives) is among the model's, given the lifts QEMU made."""
+    from harness.backends.reference import run_case
+    from harness.choices import RandomSource
+    from harness.differential import unthrottled
+    case = scenario_case("speed-lifts-one-command-at-a-time")
+    qemu = runner.run(case)
+    assert qemu.finding is None, qemu.finding
+    assert unthrottled(case, qemu) == LIFTS
+    model = {tuple(raw_statuses(run_case(case, RandomSource(seed), unthrottle=LIFTS).events))
+             for seed in range(20)}
+    assert tuple(raw_statuses(qemu.events)) in model
 
 
 # -- error texts -----------------------------------------------------------------------
