@@ -973,6 +973,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run every generated case on the model and on QEMU and compare")
     parser.add_argument("--model-seeds", type=int, default=20, metavar="K",
                         help="--differential: model schedules per case (default 20)")
+    parser.add_argument("--qemu-build", metavar="DIR",
+                        help="--backend qemu, --differential: run the QEMU built in DIR (your "
+                             "tree's build directory) instead of the one on PATH")
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
@@ -1017,6 +1020,8 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "backend", "model") == "qemu" or getattr(args, "differential", False):
         from harness import qemu_campaign
         return qemu_campaign.run(args)
+    if args.qemu_build:
+        raise UsageError("--qemu-build needs QEMU: add --backend qemu or --differential")
     config = config_from_args(args)
     if args.corpus is not None and not os.path.isdir(args.corpus):
         raise UsageError(f"--corpus {args.corpus}: not a directory")

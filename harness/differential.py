@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Iterable, Iterator
 
+from harness.backends import qemu_binaries
 from harness.case import Case, load
 from harness.choices import ChoiceSource, RandomSource
 from harness.errors import UsageError
@@ -488,6 +489,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="enable QEMU trace events matching PATTERN (e.g. 'job_*', "
                              "'stream_one_iteration'; repeatable; `qemu-system-x86_64 -trace help` "
                              "lists them) and print each case's trace lines under it")
+    parser.add_argument("--qemu-build", metavar="DIR",
+                        help="run the QEMU built in DIR (your tree's build directory: "
+                             "qemu-system-x86_64, qemu-img, qemu-io, storage-daemon/) "
+                             "instead of the one on PATH; QEMU_PROG, QEMU_IMG_PROG, "
+                             "QEMU_IO_PROG and QSD_PROG, as iotests read them, go first")
 
 
 def trace_lines(qemu: Observation) -> list[str]:
@@ -517,6 +523,13 @@ def run(args: argparse.Namespace) -> int:
     trace = tuple(args.qemu_trace)
     if args.only == "model" and trace:
         raise UsageError("blockfuzz diff: --qemu-trace needs QEMU: drop --only model")
+    if args.only == "model" and args.qemu_build:
+        raise UsageError("blockfuzz diff: --qemu-build needs QEMU: drop --only model")
+    if args.qemu_build:
+        qemu_binaries.use_build(args.qemu_build)
+    note = qemu_binaries.version_note() if args.only != "model" else None
+    if note:
+        print(note, flush=True)
     for result in run_all(cases, seeds=args.seeds, timeout=args.timeout, only=args.only,
                           jobs=args.jobs, trace=trace):
         name = result.case.path or "<case>"

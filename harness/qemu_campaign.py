@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from harness.backends import qemu_binaries
 from harness.case import Case
 from harness.choices import RandomSource
 from harness.corpus import FindingStore, Outcome, judge
@@ -55,6 +56,8 @@ def check_args(args: argparse.Namespace) -> None:
     if args.bugs:
         raise UsageError("--bugs cannot be put back into real QEMU; drop --bugs "
                          "(--differential compares QEMU with the fixed model)")
+    if args.qemu_build:
+        qemu_binaries.use_build(args.qemu_build)
 
 
 def case_stream(seed: int):
@@ -122,6 +125,9 @@ def run(args: argparse.Namespace) -> int:
     check_args(args)
     mode = "differential" if args.differential else "qemu"
     console = Console(highlight=False)
+    note = qemu_binaries.version_note()
+    if note:
+        console.print(note, markup=False, soft_wrap=True)
     store = make_store(args)
     t = Tally()
     interrupted = False

@@ -30,6 +30,7 @@ import tempfile
 from dataclasses import dataclass
 
 from harness.case import Image
+from harness.backends.qemu_binaries import find_binary
 from harness.errors import QemuError
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -42,15 +43,6 @@ ROOT_PREFIX = "blockfuzz-qemu-"
 #: directories' names are padded to it (unless the root directory is too long)
 CASE_PATH_PREFIX = 64
 _SAFE_FILENAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
-
-
-def find_binary(name: str, package: str) -> str:
-    """Return the path of a QEMU tool, or raise :class:`QemuError` saying what to install."""
-    path = shutil.which(name)
-    if path is None:
-        raise QemuError(f"{name} not found on PATH: install Debian's {package} "
-                        f"(apt-get install qemu-utils qemu-system-x86) or put it on PATH")
-    return path
 
 
 def default_root_parent() -> str | None:
@@ -119,8 +111,8 @@ class ImageStore:
         parent = parent if parent is not None else default_root_parent()
         remove_stale_roots(parent)
         self.root = tempfile.mkdtemp(prefix=f"{ROOT_PREFIX}{os.getpid()}-", dir=parent)
-        self.qemu_img = find_binary("qemu-img", "qemu-utils")
-        self.qemu_io = find_binary("qemu-io", "qemu-utils")
+        self.qemu_img = find_binary("qemu-img")
+        self.qemu_io = find_binary("qemu-io")
         self._templates: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._copies = 0
         #: template and case directory names, the root's "/" and theirs within the prefix

@@ -32,12 +32,11 @@ from typing import Any, Callable
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 
 from harness.backends import qemu_core
-from harness.backends.qemu_images import find_binary
+from harness.backends.qemu_binaries import find_binary
 from harness.errors import QemuError
 
 SYSTEM = "qemu-system-x86_64"
 STORAGE_DAEMON = "qemu-storage-daemon"
-PACKAGES = {SYSTEM: "qemu-system-x86", STORAGE_DAEMON: "qemu-system-common"}
 PR_SET_PDEATHSIG = 1
 #: how long a process may take to exit after ``quit`` before it is killed
 QUIT_GRACE = 2.0
@@ -144,7 +143,7 @@ class QemuProcess:
         ``trace``: QEMU trace-event patterns (``job_*``), enabled with timestamps;
         their lines go to the process's log."""
         self = cls(binary, log_path)
-        path = self.path = find_binary(binary, PACKAGES[binary])
+        path = self.path = find_binary(binary)
         if qemu_core.cores_possible():
             self.cwd = log_path + ".cwd"
             os.makedirs(self.cwd, exist_ok=True)

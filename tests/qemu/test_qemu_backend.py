@@ -116,8 +116,9 @@ def test_qemu_lifts_speed_limits_one_command_at_a_time_in_an_order_the_model_has
     case = scenario_case("speed-lifts-one-command-at-a-time")
     qemu = runner.run(case)
     assert qemu.finding is None, qemu.finding
-    assert unthrottled(case, qemu) == LIFTS
-    model = {tuple(raw_statuses(run_case(case, RandomSource(seed), unthrottle=LIFTS).events))
+    lifted = unthrottled(case, qemu)    # node1 may be gone before its lift: woken, it finished
+    assert lifted in ({4: ["node3"]}, LIFTS)
+    model = {tuple(raw_statuses(run_case(case, RandomSource(seed), unthrottle=lifted).events))
              for seed in range(20)}
     assert tuple(raw_statuses(qemu.events)) in model
 

@@ -194,7 +194,8 @@ def test_missing_qemu_tools_give_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(QemuError) as info:
         QemuRunner()
     assert str(info.value) == ("qemu-img not found on PATH: install Debian's qemu-utils "
-                               "(apt-get install qemu-utils qemu-system-x86) or put it on PATH")
+                               "(apt-get install qemu-utils qemu-system-x86), put it on PATH, "
+                               "set QEMU_IMG_PROG or pass --qemu-build DIR")
 
 
 def test_a_missing_qemu_binary_gives_a_clear_error(tmp_path, monkeypatch):
@@ -207,8 +208,8 @@ def test_a_missing_qemu_binary_gives_a_clear_error(tmp_path, monkeypatch):
         run_case(from_dict({"format": "blockfuzz-case/1", "images": [{"node-name": "a"}],
                             "commands": []}), workdir=str(tmp_path))
     assert str(info.value) == ("qemu-system-x86_64 not found on PATH: install Debian's "
-                               "qemu-system-x86 (apt-get install qemu-utils qemu-system-x86) "
-                               "or put it on PATH")
+                               "qemu-system-x86 (apt-get install qemu-utils qemu-system-x86), "
+                               "put it on PATH, set QEMU_PROG or pass --qemu-build DIR")
     assert os.listdir(tmp_path) == ["bin"]
 
 
