@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: fuzz test venv qemu bench fast clean
+.PHONY: fuzz test venv qemu qemu-bug bench fast clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ venv: $(STAMP)
 # Real QEMU 7.2 from Debian's packages, installed when missing and we are root.
 qemu:
 	@bash scripts/ensure-qemu.sh
+
+# QEMU 7.2 built twice with the seed bug put back (scripts/qemu-with-bug.sh; root,
+# about 3 minutes a form): tests/qemu/test_seed_race_on_qemu.py runs on them when present.
+QEMU_BUG_FORMS := stream-prepare-no-drain stream-prepare-ref-only
+qemu-bug:
+	@for bug in $(QEMU_BUG_FORMS); do bash scripts/qemu-with-bug.sh $$bug .qemu-bug/$$bug || exit 1; done
 
 fuzz: venv
 	$(VENV)/bin/blockfuzz fuzz --engine pct --runs 30000 --corpus corpus --known corpus/known --findings findings

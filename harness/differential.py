@@ -368,6 +368,13 @@ def reference_model(case: Case, seed: int | None,
                               x_step_until=x_step_until)
 
 
+def oracle_finding(case: Case, qemu: Observation) -> Finding | None:
+    """``--only qemu``: the oracle's verdict on QEMU's run, as a finding (None: ok)."""
+    from harness.check import check
+    verdict = check(case, qemu)
+    return None if verdict.ok else Finding(verdict.kind, verdict.message, verdict.where)
+
+
 class Differ:
     """Runs cases on both sides; owns one :class:`~harness.backends.qemu.QemuRunner`."""
 
@@ -399,7 +406,7 @@ class Differ:
         assert self.runner is not None
         qemu = self.runner.run(case)
         if self.only == "qemu":
-            return DiffResult(case, qemu, [], qemu.finding)
+            return DiffResult(case, qemu, [], qemu.finding or oracle_finding(case, qemu))
         run_model, run_gapped = self.run_model, self.run_gapped
         lifted = unthrottled(case, qemu) if run_model is reference_model else {}
         model = model_outcomes(case, self.seeds, run_model)
@@ -482,7 +489,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=1, metavar="N",
                         help="run each case N times (throughput measurements)")
     parser.add_argument("--only", choices=("qemu", "model"),
-                        help="run one side only and report its findings and speed")
+                        help="run one side only and report its findings (QEMU's: its crashes and "
+                             "hangs and the oracle's verdict on its run) and speed")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print the side-by-side report under each failing case")
     parser.add_argument("--qemu-trace", action="append", default=[], metavar="PATTERN",

@@ -288,6 +288,16 @@ def test_one_side_alone_reports_its_speed(capsys):
     assert re.fullmatch(r"2 cases in \d+\.\d\d s: \d+\.\d cases/s \(qemu, 1 worker\)", lines[3])
 
 
+@pytest.mark.qemu
+def test_qemu_alone_is_judged_by_the_oracle(capsys):
+    # corpus/known: QEMU 7.2 keeps node2's old backing when the header update fails
+    # after the graph change; no crash or hang, so only the oracle sees it
+    path = os.path.join(REPO, "corpus", "known", "stream-header-update-fails-after-the-graph-change.json")
+    code, lines, err = diff(capsys, path, "--only", "qemu")
+    assert (code, err, lines[:2]) == (1, "", [f"FAIL {path}: wrong-backing: node2's backing is node0, "
+                                              "expected node1", "0 passed, 1 failed"])
+
+
 def test_bad_input_exits_2(tmp_path, capsys):
     assert diff(capsys, str(tmp_path / "nope.json")) == (
         2, [], f"blockfuzz: error: {tmp_path / 'nope.json'}: no such file or directory\n")

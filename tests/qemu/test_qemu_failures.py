@@ -3,6 +3,7 @@ never a stuck harness, a leftover process or a leftover file."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import time
@@ -116,7 +117,10 @@ def test_a_segfault_is_known_by_its_backtrace_and_leaves_no_core_behind():
         lines = obs.finding.message.splitlines()
         assert lines[0].endswith("died with signal SIGSEGV (11) in bdrv_getlength at the end of the case")
         trace = lines[lines.index("backtrace (gdb, from its core file):") + 1:lines.index("commands so far:")]
-        assert trace[0] == "  #0 bdrv_getlength" and "  #9 blk_co_pread" in trace
+        # how deep blk_co_pread is depends on what gdb can unwind (Debian's binary names
+        # only its exported functions): below the crash, wherever it is
+        assert trace[0] == "  #0 bdrv_getlength"
+        assert any(re.fullmatch(r"  #\d+ blk_co_pread", line) for line in trace[1:])
         left = [os.path.join(d, n) for d, _, names in os.walk(runner.store.root) for n in names + _]
         assert not [p for p in left if os.path.basename(p).startswith("core") or p.endswith(".cwd")]
 

@@ -1,0 +1,59 @@
+"""The seed race on real QEMU 7.2: the drain-driven case gives it on every run.
+
+030's test_overlapping_5 shows the race on some runs of a QEMU with the bug put
+back; its drain-driven form (corpus/regressions/overlapping_5-drain-driven-*)
+pins the interleaving with a commit at 1 byte/s that only drained sections
+move, and gives it on every run, as the model says it does under every
+schedule. The bugged QEMU builds come from ``make qemu-bug``
+(scripts/qemu-with-bug.sh); where they are absent those tests skip, saying so.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import pytest
+
+from harness.case import load
+from harness.corpus import judge
+
+ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
+RUNS = 5
+#: bug form -> what the oracle says of QEMU with it put back, on every run
+EXPECTED = {
+    "stream-prepare-no-drain": "qemu-crash",     # the freed base is attached
+    "stream-prepare-ref-only": "wrong-backing",  # the cut-out commit filter is installed again
+}
+
+pytestmark = pytest.mark.qemu
+
+
+def drain_driven(bug: str):
+    case = load(os.path.join(ROOT, "corpus", "regressions", f"overlapping_5-drain-driven-{bug}.json"))
+    return replace(case, bugs=(), expect=None)
+
+
+def build_of(bug: str) -> str:
+    build = os.path.join(ROOT, ".qemu-bug", bug, "qemu-7.2", "build")
+    if not os.path.isfile(os.path.join(build, "blockfuzz-bug")):
+        pytest.skip(f"no QEMU with {bug} put back: `make qemu-bug` builds it (root, a few minutes)")
+    return os.path.abspath(build)
+
+
+def kinds_on_qemu(case, runs: int) -> list[str]:
+    from harness.backends.qemu import QemuRunner
+    with QemuRunner(timeout=10.0) as runner:
+        return [judge(case, runner.run(case)).kind for _ in range(runs)]
+
+
+@pytest.mark.parametrize("bug", sorted(EXPECTED))
+def test_the_drain_driven_case_is_ok_on_debians_qemu(bug):
+    assert kinds_on_qemu(drain_driven(bug), RUNS) == ["ok"] * RUNS
+
+
+@pytest.mark.parametrize("bug", sorted(EXPECTED))
+def test_the_drain_driven_case_gives_the_bug_on_every_run_of_a_qemu_with_it(bug, monkeypatch):
+    monkeypatch.setenv("BLOCKFUZZ_QEMU_BUILD", build_of(bug))
+    for variable in ("QEMU_PROG", "QSD_PROG", "QEMU_IMG_PROG", "QEMU_IO_PROG"):
+        monkeypatch.delenv(variable, raising=False)
+    assert kinds_on_qemu(drain_driven(bug), RUNS) == [EXPECTED[bug]] * RUNS
