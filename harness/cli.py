@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fuzz": ("harness.campaign", "run a fuzz campaign on the model (or on QEMU)"),
     "replay": ("harness.replay", "replay case files and check their verdicts"),
     "minimize": ("harness.minimize", "shrink a finding to its smallest form"),
+    "pin": ("harness.pin", "make a finding show under every schedule, for real QEMU"),
     "diff": ("harness.differential", "run cases on the model and on real QEMU and compare"),
     "show": ("harness.report", "show a case: transcript, trace, graph, iotest reproducer"),
     "bugs": ("harness.bugs_cmd", "list the historical bugs that can be put back"),

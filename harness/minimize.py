@@ -299,13 +299,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reference.bugs import UnknownBug, validate
+    from harness.replay import parse_bugs
     case = case_mod.load(args.case)
     if args.bugs is not None:
-        try:
-            case = replace(case, bugs=validate(b for b in args.bugs.split(",") if b))
-        except UnknownBug as e:
-            raise UsageError(f"unknown bug id {e}; `blockfuzz bugs` lists them") from None
+        case = replace(case, bugs=parse_bugs(args.bugs))
     expected = (case.expect or {}).get("verdict") if args.bugs is None else None
     result = minimize(case, kind=expected if expected not in (None, "ok") else None,
                       max_runs=args.max_runs)

@@ -30,26 +30,16 @@ sys.path.insert(0, ROOT)
 from harness.backends.qemu import QemuRunner  # noqa: E402
 from harness.backends.qemu_jobs import JOB_COMMANDS  # noqa: E402
 from harness.backends.reference import run_case  # noqa: E402
-from harness.case import Command, save  # noqa: E402
+from harness import pin  # noqa: E402
+from harness.case import save  # noqa: E402
 from harness.choices import RandomSource  # noqa: E402
 from harness.differential import unthrottled  # noqa: E402
 from harness.generate import generate  # noqa: E402
 from harness.observation import raw_statuses  # noqa: E402
 
-STEP = Command("x-step", {"count": 200})
-DROPPED = ("block-job-set-speed", "x-wait-jobs", "x-step")
-
-
 def drain_driven(case):
     """The case with every job at 1 byte/s and the loop idle after each command."""
-    commands = []
-    for c in case.commands:
-        if c.execute in DROPPED:
-            continue
-        if c.execute in JOB_COMMANDS:
-            c = Command(c.execute, {**c.arguments, "speed": 1})
-        commands += [c, STEP]
-    return replace(case, commands=tuple(commands), schedule={"policy": "random", "seed": 0}, expect=None)
+    return pin.drain_driven(case)
 
 
 def outcome(obs) -> tuple:

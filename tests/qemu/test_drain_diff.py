@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from harness import pin
 from harness.case import Command
 from tests.model.conftest import chain_case
 
@@ -19,8 +20,8 @@ def test_a_case_is_made_drain_driven():
                           ("x-guest-write", {"offset": 0, "length": 512, "pattern": 1}),
                           ("x-wait-jobs",), ("x-step", {"count": 2})])
     assert drain_diff.drain_driven(case).commands == (
-        Command("block-commit", {"device": "drive0", "top-node": "node2", "speed": 1}), drain_diff.STEP,
-        Command("x-guest-write", {"offset": 0, "length": 512, "pattern": 1}), drain_diff.STEP)
+        Command("block-commit", {"device": "drive0", "top-node": "node2", "speed": 1}), pin.STEP,
+        Command("x-guest-write", {"offset": 0, "length": 512, "pattern": 1}), pin.STEP)
 
 
 @pytest.mark.qemu
