@@ -72,3 +72,34 @@ def test_the_pinned_model_finding_gives_the_bug_on_every_run_of_a_qemu_with_it(b
     pinned = replace(pin(found).case, bugs=())
     use_build(monkeypatch, bug)
     assert kinds_on_qemu(pinned, RUNS) == [EXPECTED[bug]] * RUNS
+
+
+def _script():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        "seed_race_on_qemu", os.path.join(ROOT, "scripts", "seed_race_on_qemu.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_from_an_empty_corpus_to_the_bug_on_every_qemu_run(monkeypatch, capsys):
+    # scripts/seed_race_on_qemu.py: pct campaigns, their seed-bug findings pinned, each
+    # pinned case on the bugged QEMU (every run) and on the fixed one (never)
+    for bug in EXPECTED:
+        build_of(bug)
+    monkeypatch.delenv("BLOCKFUZZ_QEMU_BUILD", raising=False)   # the script sets it
+    assert _script().main(["--seeds", "2", "--runs", "1000", "--repeat", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [
+        "stream-prepare-no-drain: 2/2 campaigns found use-after-free@bdrv_set_backing_hd; 2 of their "
+        "findings pinned; 2/2 runs on the bugged QEMU gave qemu-crash; 2/2 runs on the fixed QEMU ok",
+        "stream-prepare-ref-only: 2/2 campaigns found wrong-backing@backing:filter-left; 2 of their "
+        "findings pinned; 2/2 runs on the bugged QEMU gave wrong-backing; 2/2 runs on the fixed QEMU ok"]
+
+
+def test_the_script_says_how_to_build_what_it_needs(tmp_path, capsys):
+    assert _script().main(["--builds", str(tmp_path)]) == 2
+    assert capsys.readouterr().out.splitlines() == [
+        f"stream-prepare-no-drain: no build in {tmp_path}/stream-prepare-no-drain/qemu-7.2/build: "
+        "run `make qemu-bug`"]
