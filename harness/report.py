@@ -31,6 +31,7 @@ chain, on the graph and in the image headers.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -83,13 +84,25 @@ def run(args: argparse.Namespace) -> int:
     if args.schedule:
         print("\n".join(schedule_lines(case, bugs, observation)))
     if args.graph:
-        write_graph(graph_source(case, bugs, args.seed), args.graph, graph_format)
+        with _writing("--graph", args.graph):
+            write_graph(graph_source(case, bugs, args.seed), args.graph, graph_format)
         print(f"wrote {args.graph}")
     if args.iotest:
         on_model = f"{_bug_note(case.bugs if bugs is None else bugs)}: {verdict}"
-        write_iotest(case, args.seed, args.iotest, on_model)
+        with _writing("--iotest", args.iotest):
+            write_iotest(case, args.seed, args.iotest, on_model)
         print(f"wrote {args.iotest} and {args.iotest}.out")
     return 0
+
+
+@contextlib.contextmanager
+def _writing(option: str, path: str):
+    """Make the file's directory; a file that cannot be written is bad input."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        yield
+    except OSError as e:
+        raise UsageError(f"{option} {path}: cannot write it: {e.strerror or e}") from None
 
 
 def _graph_format(path: str) -> str:

@@ -356,6 +356,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
     assert err.startswith("blockfuzz: error: ") and message in err
 
 
+@pytest.mark.parametrize("option, name", [("--iotest", "999"), ("--graph", "g.dot")])
+def test_outputs_go_into_a_new_directory_or_fail_in_one_line(tmp_path, capsys, option, name):
+    case = write(tmp_path, small_case())
+    made = tmp_path / "new" / "dir" / name
+    code, out, _ = show(capsys, case, option, str(made))
+    assert code == 0 and made.is_file() and out[-1].startswith(f"wrote {made}")
+    blocked = tmp_path / "file" / name
+    (tmp_path / "file").write_text("a file, not a directory\n")
+    code, _, err = show(capsys, case, option, str(blocked))
+    assert (code, err) == (2, f"blockfuzz: error: {option} {blocked}: cannot write it: File exists\n")
+
+
 def test_iotest_without_a_chain_to_check(monkeypatch):
     """The oracle cannot say and the fixed model's run did not end: no final assertion."""
     import harness.oracle
