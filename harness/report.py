@@ -322,7 +322,8 @@ def iotest(case: Case, fixed: Observation, on_model: str) -> str:
             *_comment(case.description or "A case found by blockfuzz."),
             f"# On the model{on_model}",
             "#", "# Written by `blockfuzz show --iotest`.", "",
-            "import os", "", "import iotests", "from iotests import qemu_img, qemu_io", "", "",
+            "import os", *(["import time"] if _steps(case) else []), "",
+            "import iotests", "from iotests import qemu_img, qemu_io", "", "",
             "class TestBlockfuzzCase(iotests.QMPTestCase):", "    def setUp(self):"]
     body = head + _setup(case) + [
         "", "    def tearDown(self):", "        self.vm.shutdown()",
@@ -381,6 +382,14 @@ def _attach(case: Case) -> list[str]:
             f"format={case.images[-1].format},if=none,id={case.drive},' + {joined})"]
 
 
+#: seconds an x-step lets QEMU's main loop run in an iotest
+X_STEP_SLEEP = 0.1
+
+
+def _steps(case: Case) -> bool:
+    return any(c.execute == "x-step" for c in case.commands)
+
+
 def _test_body(case: Case, fixed: Observation) -> list[str]:
     from harness.oracle import Context
     # judged as on QEMU, whose events do not say during which command they came:
@@ -394,7 +403,10 @@ def _test_body(case: Case, fixed: Observation) -> list[str]:
             lines += _waits(fixed.events, moments, waited, i)
             waited = i
         elif command.execute == "x-step":
-            lines.append(f"        # x-step {dict(command.arguments)}: the main loop runs on its own")
+            # the QEMU backend's x-step waits until nothing happens for 50 ms: here the
+            # loop gets twice that, so that a throttled job is where the model has it
+            lines.append(f"        time.sleep({X_STEP_SLEEP})  # x-step {dict(command.arguments)}: "
+                         "the main loop runs until it is quiet")
         elif command.execute == "x-guest-write":
             a = command.arguments
             lines.append(f"        self.vm.hmp_qemu_io('{case.drive}', "

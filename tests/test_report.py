@@ -299,7 +299,7 @@ def test_iotest_maps_the_harness_commands(tmp_path, capsys):
     compile(text, "t.py", "exec")
     for line in ["        result = self.vm.qmp('block-stream', device='drive0', job_id='s', "
                  "auto_finalize=False, auto_dismiss=False, backing_file=self.imgs[0], base_node='node0')",
-                 "        # x-step {'count': 2}: the main loop runs on its own",
+                 "        time.sleep(0.1)  # x-step {'count': 2}: the main loop runs until it is quiet",
                  "        self.vm.hmp_qemu_io('drive0', 'write -P 0xab 0 512')",
                  "        self.vm.event_wait('JOB_STATUS_CHANGE', match={'data': {'id': 's', 'status': 'pending'}})",
                  "        # its reply depends on timing (the fixed model's: success)",
