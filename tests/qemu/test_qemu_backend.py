@@ -117,7 +117,7 @@ def test_qemu_lifts_speed_limits_one_command_at_a_time_in_an_order_the_model_has
     qemu = runner.run(case)
     assert qemu.finding is None, qemu.finding
     lifted = unthrottled(case, qemu)    # node1 may be gone before its lift: woken, it finished
-    assert lifted in ({4: ["node3"]}, LIFTS)
+    assert lifted and lifted[4][0] == LIFTS[4][0]     # newest first
     model = {tuple(raw_statuses(run_case(case, RandomSource(seed), unthrottle=lifted).events))
              for seed in range(20)}
     assert tuple(raw_statuses(qemu.events)) in model
