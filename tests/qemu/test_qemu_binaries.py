@@ -48,7 +48,7 @@ def build_dir(tmp_path, version: str | None = None):
 
 def test_diff_runs_the_qemu_of_the_build_directory_it_is_given(tmp_path, capsys):
     build, log = build_dir(tmp_path)
-    assert cli.main(["diff", SEED, "--qemu-build", str(build), "--seeds", "2"]) == 0
+    assert cli.main(["diff", SEED, "--qemu-build", str(build)]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"QEMU: {build}/qemu-system-x86_64 (7.2, from --qemu-build)"
     assert out[-1] == "1 passed, 0 failed"
