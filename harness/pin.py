@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Collection, Iterator
 
 from harness import case as case_mod
+from harness.backends.qemu_jobs import JOB_COMMANDS
 from harness.case import Case, Command
 from harness.corpus import Outcome, judge
 from harness.errors import UsageError
@@ -38,8 +39,6 @@ from harness.errors import UsageError
 STEP = Command("x-step", {"count": 200})
 #: commands a drain-driven case leaves out: it sets its own pace
 DROPPED = frozenset({"block-job-set-speed", "x-wait-jobs", "x-step"})
-#: commands that start a job (QEMU's and the model's alike)
-JOB_STARTS = frozenset({"block-stream", "block-commit"})
 SCALES = (1, 2, 4, 8, 16)
 #: the largest image a scale may make, and the longest write tried, in clusters
 MAX_SIZE = 64 << 20
@@ -55,7 +54,7 @@ def drain_driven(case: Case, throttled: Collection[int] | None = None) -> Case:
     for i, c in enumerate(case.commands):
         if c.execute in DROPPED:
             continue
-        if c.execute in JOB_STARTS:
+        if c.execute in JOB_COMMANDS:
             arguments = {k: v for k, v in c.arguments.items() if k != "speed"}
             if throttled is None or i in throttled:
                 arguments["speed"] = 1
@@ -138,7 +137,7 @@ def pin(case: Case, seeds: int = DEFAULT_SEEDS, max_variants: int = 20_000) -> P
     if found.kind == "ok":
         raise UsageError(f"{case.path or 'the case'}: its run is ok; nothing to pin "
                          "(give a finding, or --bugs to put its bug back)")
-    jobs = [i for i, c in enumerate(case.commands) if c.execute in JOB_STARTS]
+    jobs = [i for i, c in enumerate(case.commands) if c.execute in JOB_COMMANDS]
     tried = 0
     for k in range(1, len(jobs) + 1):
         for throttled in itertools.combinations(jobs, k):

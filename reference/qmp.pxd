@@ -3,6 +3,10 @@
 # fields are read as C struct slots, and the questions C calls.
 
 from reference.job cimport Job
+from reference.machine cimport Machine
 
 cpdef bint job_settled(Job job)
 cpdef bint _all_settled(dict jobs)
+
+# the gap between two QMP commands, taken before every command of every run
+cpdef client_gap(Machine m, str label)

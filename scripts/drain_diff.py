@@ -27,20 +27,15 @@ from dataclasses import replace
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from harness import pin  # noqa: E402
 from harness.backends.qemu import QemuRunner  # noqa: E402
 from harness.backends.qemu_jobs import JOB_COMMANDS  # noqa: E402
 from harness.backends.reference import run_case  # noqa: E402
-from harness import pin  # noqa: E402
 from harness.case import save  # noqa: E402
 from harness.choices import RandomSource  # noqa: E402
 from harness.differential import unthrottled  # noqa: E402
 from harness.generate import generate  # noqa: E402
 from harness.observation import raw_statuses  # noqa: E402
-
-def drain_driven(case):
-    """The case with every job at 1 byte/s and the loop idle after each command."""
-    return pin.drain_driven(case)
-
 
 def outcome(obs) -> tuple:
     return tuple(raw_statuses(obs.events)), tuple("error" in r for r in obs.replies)
@@ -70,7 +65,7 @@ def main(argv=None) -> int:
     differ = compared = 0
     with QemuRunner(timeout=10.0) as runner:
         for i in range(args.cases):
-            case = drain_driven(generate(RandomSource((args.seed << 32) + i)))
+            case = pin.drain_driven(generate(RandomSource((args.seed << 32) + i)))
             if not any(c.execute in JOB_COMMANDS for c in case.commands):
                 continue
             qemu = runner.run(case)

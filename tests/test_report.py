@@ -254,6 +254,7 @@ def test_iotest_of_the_regression_compiles_and_sends_the_case_commands(tmp_path,
 def test_iotest_setup_and_waits_of_a_small_case(tmp_path, capsys):
     text = iotest_of(tmp_path, capsys, write(tmp_path, small_case()))
     lines = text.splitlines()
+    assert "import time" not in lines                 # no x-step: nothing sleeps
     setup = lines[lines.index("    def setUp(self):") + 1:lines.index("    def tearDown(self):") - 1]
     assert setup == [
         "        self.imgs = [os.path.join(iotests.test_dir, name) for name in (",
@@ -312,6 +313,7 @@ def test_iotest_maps_the_harness_commands(tmp_path, capsys):
                  "        self.vm.assert_block_path('node0', '/backing', None)\n\n"]:
         assert line + "\n" in text
     assert "query-named-block-nodes" not in text      # a custom backing string: the graph alone
+    assert "\nimport os\nimport time\n\nimport iotests\n" in text   # for the x-step
 
 
 @pytest.mark.parametrize("drive, attach", [

@@ -4,24 +4,11 @@ import os
 
 import pytest
 
-from harness import pin
-from harness.case import Command
-from tests.model.conftest import chain_case
 
 SCRIPT = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "drain_diff.py")
 spec = importlib.util.spec_from_file_location("drain_diff", SCRIPT)
 drain_diff = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(drain_diff)
-
-
-def test_a_case_is_made_drain_driven():
-    case = chain_case(4, [("block-commit", {"device": "drive0", "top-node": "node2", "speed": 1048576}),
-                          ("block-job-set-speed", {"device": "drive0", "speed": 0}),
-                          ("x-guest-write", {"offset": 0, "length": 512, "pattern": 1}),
-                          ("x-wait-jobs",), ("x-step", {"count": 2})])
-    assert drain_diff.drain_driven(case).commands == (
-        Command("block-commit", {"device": "drive0", "top-node": "node2", "speed": 1}), pin.STEP,
-        Command("x-guest-write", {"offset": 0, "length": 512, "pattern": 1}), pin.STEP)
 
 
 @pytest.mark.qemu

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 import pytest
 
+from harness.backends.qemu_binaries import TOOLS
 from harness.case import load
 from harness.corpus import judge
 
@@ -53,7 +54,7 @@ def test_the_drain_driven_case_is_ok_on_debians_qemu(bug):
 
 def use_build(monkeypatch, bug: str) -> None:
     monkeypatch.setenv("BLOCKFUZZ_QEMU_BUILD", build_of(bug))
-    for variable in ("QEMU_PROG", "QSD_PROG", "QEMU_IMG_PROG", "QEMU_IO_PROG"):
+    for variable, _, _ in TOOLS.values():      # iotests' variables would go first
         monkeypatch.delenv(variable, raising=False)
 
 
