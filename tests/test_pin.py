@@ -98,3 +98,15 @@ def test_pin_refuses_a_case_with_nothing_to_pin(capsys):
         f"blockfuzz: error: {path}: its run is ok; nothing to pin (give a finding, or --bugs "
         "to put its bug back)"]
     assert main(["pin", path, "--seeds", "0"]) == 2
+
+
+def test_a_variant_holds_only_when_the_fixed_model_does_not_show_it_too():
+    # QEMU 7.2's own commit use-after-free: no bug needed, so with a bug put back the
+    # finding is not the bug's, and a variant showing it does not hold
+    known = load(os.path.join(REGRESSIONS, "..", "known",
+                              "commit-backing-file-too-long-frees-the-commit-filter.json"))
+    signature = "use-after-free@commit_abort"
+    assert pin.outcome(known, None, ("stream-prepare-no-drain",)).signature == signature
+    assert pin.outcome(known, None, ()).signature == signature
+    assert pin.holds(known, signature, (), 3)
+    assert not pin.holds(known, signature, ("stream-prepare-no-drain",), 3)
