@@ -141,10 +141,12 @@ def engine_speed(engine: str, runs: int, seed: int = 0, repeat: int = 1) -> dict
     (:func:`time.process_time`), not the wall clock, and side by side: on a machine busy
     with other work the wall clock counts the time the process waited for a core, and
     a single timing of either side moved the ratio by a tenth or more."""
-    from harness.campaign import ENGINE_LOOPS, Budget, Campaign, Config
+    from harness.campaign import ENGINE_LOOPS, Budget, Campaign, Config, documented_signatures
+    known = documented_signatures()
 
     def campaign() -> Campaign:
-        return Campaign(Config(engine=engine, seed=seed, budget=Budget(runs=runs), minimize=False))
+        return Campaign(Config(engine=engine, seed=seed, budget=Budget(runs=runs), minimize=False,
+                               known=known))
 
     cases = _cases_of(campaign())
     engine_s = bare_s = float("inf")
