@@ -365,3 +365,26 @@ def test_a_commit_whose_header_update_fails_kills_qemu_where_the_model_sees_a_us
     assert "died with signal SIGSEGV (11)" in lines[0] and lines[0].endswith("at the end of the case")
     assert "qemu-system-x86_64: Could not update backing file link: Invalid argument" in \
         [line.strip() for line in lines]
+
+
+def test_the_commit_use_after_free_through_job_finalize_dies_in_the_qmp_command():
+    """docs/qemu-7.2-findings: the same commit, with auto-finalize=false; job-finalize runs
+    the completion inside the QMP command, and QEMU dies there, where the model reports
+    the same use-after-free as for the bottom half's completion."""
+    from harness.backends.reference import run_case as run_model
+    from harness.case import load
+    from harness.choices import RandomSource
+    case = load(os.path.join(REPO, "docs", "qemu-7.2-findings",
+                             "qemu-segv-job-finalize-of-commit-with-too-long-backing-file.json"))
+    for seed in range(5):
+        model = run_model(case, RandomSource(seed))
+        assert (model.finding.kind, model.finding.where, model.finding.step) == (
+            "use-after-free", "commit_abort", 2)
+    with QemuRunner() as runner:
+        obs = runner.run(case)
+    assert (obs.finding.kind, obs.finding.step) == ("qemu-crash", 2)
+    assert obs.replies == [OK, OK]
+    first = obs.finding.message.splitlines()[0]
+    assert "died with signal SIGSEGV (11)" in first and first.endswith("during command 2 (job-finalize)")
+    if cores_possible():
+        assert obs.finding.where == "qmp_job_finalize<qmp_marshal_job_finalize"
