@@ -12,11 +12,12 @@ outcome is compared with the *set* the model gives over ``K`` seeds (and the
 case's own schedule): a match with any of them is agreement. When none
 matches, the search goes on systematically (:func:`search_gaps`): commands back
 to back, as QEMU's side sends them, with one gap of the loop running between
-two of them, then two gaps, every position and length; then the same again,
+two of them, then two gaps, then three, every position and length; then the same again,
 from the commands all back to back on, with qcow2 metadata reads as I/O (a
 job's first block-status query on an image waits, busy, for its L2 table, as
 on QEMU, where a ``block-job-pause`` right after ``block-stream`` finds the job
-still ``running``). Anything else is
+still ``running``); last, :data:`DEEP_SEEDS` more seeds (:func:`search_seeds`:
+outcomes that need several timings to line up at once). Anything else is
 a ``qemu-mismatch`` finding whose report shows the closest model outcome(s)
 and QEMU next to each other, command by command.
 
@@ -48,8 +49,10 @@ from harness.errors import UsageError
 from harness.observation import Finding, Observation, fold_drain_pairs
 
 DEFAULT_SEEDS = 20
-GAP_BOUND = 2       # gap schedules tried on a mismatch: at most this many gaps ...
+GAP_BOUND = 3       # gap schedules tried on a mismatch: at most this many gaps ...
 GAP_SEEDS = 2       # ... each under this many seeds for the other decisions
+#: seeds tried after the gap search, on a mismatch it did not explain
+DEEP_SEEDS = 2000
 METADATA_NOTE = ", qcow2 metadata reads as I/O (schedule metadata-io)"
 #: the fields of a normalised outcome, in report order
 FIELDS = ("finding", "replies", "job_statuses", "chain", "backing", "read_only", "data", "on_disk_backing")
@@ -328,6 +331,32 @@ def unthrottled(case: Case, qemu: Observation) -> dict[int, list[str]]:
     return out
 
 
+def search_seeds(case: Case, qemu: Observation, runs: list[tuple[ModelRun, str]], first: int,
+                 count: int = DEEP_SEEDS) -> tuple[list[tuple[str, Observation]], bool]:
+    """Seeds ``first`` .. ``first + count - 1`` under each of ``runs`` (a model run and
+    the note its labels get): the distinct outcomes, in order, and whether the last is
+    QEMU's (the search stops there). The outcomes the first seeds miss are mostly
+    reachable ones that need several things to line up (a job's step in the client's
+    gap before one command, none before the next, and the right order inside a
+    drain): on QEMU 7.2, a stream still running when a commit it was started during
+    had completed, which one seed in about 200 gives."""
+    q = normalise(qemu)
+    seen: set = set()
+    out: list[tuple[str, Observation]] = []
+    for seed in range(first, first + count):
+        for run, note in runs:
+            obs = run(case, seed)
+            n = normalise(obs)
+            key = outcome_key(n)
+            if key in seen:
+                continue
+            seen.add(key)
+            out.append((f"seed {seed}{note}", obs))
+            if not differing_fields(n, q):
+                return out, True
+    return out, False
+
+
 def search_gaps(case: Case, qemu: Observation, run_gapped: GappedRun,
                 seeds: int = GAP_SEEDS, note: str = "", fewest: int = 1) -> tuple[str, Observation] | None:
     """A schedule with few gaps between otherwise back-to-back commands whose outcome
@@ -433,14 +462,33 @@ class Differ:
                 case, self.seeds, partial(reference_model, unthrottle=lifted or None, x_step_until=timed)),
                 ", x-steps ending when QEMU's did")
             finding = compare(case, qemu, model, self.seeds)
+        searched = 0
         if finding is not None and finding.kind == "qemu-mismatch" and gapped:
             for run, note, fewest in gapped:
                 found = search_gaps(case, qemu, run, note=note, fewest=fewest)
                 if found is not None:
                     return DiffResult(case, qemu, model + [found], None)
-            finding = compare(case, qemu, model, self.seeds,
-                              sum(gap_count(case, fewest=fewest) for _, _, fewest in gapped))
+            searched = sum(gap_count(case, fewest=fewest) for _, _, fewest in gapped)
+            finding = compare(case, qemu, model, self.seeds, searched)
+        if finding is not None and finding.kind == "qemu-mismatch" and run_model is reference_model:
+            deep, matched = search_seeds(case, qemu, _deep_runs(lifted, timed), self.seeds)
+            if matched:
+                return DiffResult(case, qemu, model + deep[-1:], None)
+            model = _merged(model, deep, "")
+            finding = compare(case, qemu, model, self.seeds + DEEP_SEEDS, searched)
         return DiffResult(case, qemu, model, finding)
+
+
+def _deep_runs(lifted: dict[int, list[str]], timed: dict | None) -> list[tuple[ModelRun, str]]:
+    """The model runs :func:`search_seeds` tries each seed under: as the first seeds
+    were tried (speed limits lifted as on QEMU, x-steps ending when QEMU's did)."""
+    runs: list[tuple[ModelRun, str]] = [(reference_model, "")]
+    if lifted:
+        runs.append((partial(reference_model, unthrottle=lifted), ", speed limits lifted as on QEMU"))
+    if timed:
+        runs.append((partial(reference_model, unthrottle=lifted or None, x_step_until=timed),
+                     ", x-steps ending when QEMU's did"))
+    return runs
 
 
 # -- worker pool ------------------------------------------------------------------------
