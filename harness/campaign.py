@@ -356,7 +356,13 @@ def run_hypothesis(c: Campaign, first: int = 0, stride: int = 1) -> None:
     candidate that stopped failing ran the example's other cases; and fresh
     cases rather than schedules.
 
-    Tried and dropped: one case under several schedules per example. With 8
+    Tried and dropped: 16 or 32 cases an example. 16 took the runs/s from 3.8x below
+    the bare model's to 3.4x, but the runs to the seed bug went from a median
+    1,406 / 1,241.5 (no-drain / ref-only, seeds 20-59) to 2,096.5 / 2,096.5; on
+    seeds 0-19 it had looked better (1,103.5 / 942.5 against 1,374.5 / 1,374.5),
+    32 there worse (2,012 / 1,302.5).
+
+    Also tried and dropped: one case under several schedules per example. With 8
     schedules runs/s went from 4x below the bare model's to 2x, but the time to
     the seed bug doubled (median 0.58 s to 1.1 s over 20 campaigns): whether a
     race can happen at all is mostly a property of the case, so fresh cases beat
