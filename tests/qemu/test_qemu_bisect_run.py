@@ -1,0 +1,53 @@
+"""scripts/qemu_bisect_run.py: one step of ``git bisect run`` over a QEMU tree, its
+exit codes as git reads them (0 good, 1 bad, 125 skip, 255 stop)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+
+import pytest
+
+from tests.qemu.test_seed_race_on_qemu import ROOT, build_of
+
+CASE = os.path.join(ROOT, "corpus", "regressions",
+                    "overlapping_5-drain-driven-stream-prepare-no-drain.json")
+
+
+def script():
+    spec = importlib.util.spec_from_file_location(
+        "qemu_bisect_run", os.path.join(ROOT, "scripts", "qemu_bisect_run.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_commit_without_a_meson_build_is_skipped(tmp_path, capsys):
+    assert script().main(["--build", str(tmp_path), CASE]) == 125
+    assert capsys.readouterr().err == (
+        f"qemu_bisect_run: skipping this commit: {tmp_path}: no build.ninja (configure the tree "
+        "with meson first; QEMU < 5.2 is not supported)\n")
+
+
+def test_a_commit_that_does_not_build_is_skipped(tmp_path, capsys):
+    if shutil.which("ninja") is None:
+        pytest.skip("ninja is not installed")
+    (tmp_path / "build.ninja").write_text(
+        "rule fail\n  command = false\n"
+        "build qemu-system-x86_64: fail\nbuild qemu-img: fail\nbuild qemu-io: fail\n")
+    assert script().main(["--build", str(tmp_path), CASE]) == 125
+    log = tmp_path / "blockfuzz-bisect-build.log"
+    assert capsys.readouterr().err == f"qemu_bisect_run: skipping this commit: the build failed: see {log}\n"
+    assert "FAILED: qemu-" in log.read_text()
+
+
+def test_a_wrong_case_stops_the_bisection(tmp_path, capsys):
+    assert script().main(["--build", str(tmp_path), str(tmp_path / "none.json")]) == 255
+    assert capsys.readouterr().err == f"qemu_bisect_run: {tmp_path / 'none.json'}: no such case file\n"
+
+
+@pytest.mark.qemu
+def test_the_seed_race_makes_a_qemu_with_it_bad_and_with_fixed_good():
+    build = build_of("stream-prepare-no-drain")
+    assert script().main(["--build", build, CASE, "--repeat", "2"]) == 1
+    assert script().main(["--build", build, CASE, "--repeat", "2", "--fixed"]) == 0
