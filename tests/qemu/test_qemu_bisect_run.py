@@ -2,24 +2,19 @@
 exit codes as git reads them (0 good, 1 bad, 125 skip, 255 stop)."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 
 import pytest
 
-from tests.qemu.test_seed_race_on_qemu import ROOT, build_of
+from tests.qemu.test_seed_race_on_qemu import ROOT, build_of, load_script
 
 CASE = os.path.join(ROOT, "corpus", "regressions",
                     "overlapping_5-drain-driven-stream-prepare-no-drain.json")
 
 
 def script():
-    spec = importlib.util.spec_from_file_location(
-        "qemu_bisect_run", os.path.join(ROOT, "scripts", "qemu_bisect_run.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("qemu_bisect_run")
 
 
 def test_a_commit_without_a_meson_build_is_skipped(tmp_path, capsys):

@@ -75,13 +75,17 @@ def test_the_pinned_model_finding_gives_the_bug_on_every_run_of_a_qemu_with_it(b
     assert kinds_on_qemu(pinned, RUNS) == [EXPECTED[bug]] * RUNS
 
 
-def _script():
+def load_script(name: str):
+    """scripts/NAME.py as a module (scripts/ is no package)."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location(
-        "seed_race_on_qemu", os.path.join(ROOT, "scripts", "seed_race_on_qemu.py"))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _script():
+    return load_script("seed_race_on_qemu")
 
 
 def test_from_an_empty_corpus_to_the_bug_on_every_qemu_run(monkeypatch, capsys):
