@@ -4,7 +4,7 @@ From the QEMU source tree, configured once into a meson build directory (QEMU
 5.2 or later; ``scripts/qemu-with-bug.sh`` shows a small configuration)::
 
     git bisect start BAD GOOD
-    git bisect run python /path/to/blockfuzz/scripts/qemu_bisect_run.py \\
+    git bisect run /path/to/blockfuzz/.venv/bin/python /path/to/blockfuzz/scripts/qemu_bisect_run.py \\
         --build build /path/to/case.json [--repeat 5]
 
 Each step builds the four tools the QEMU backend runs (``qemu-system-x86_64``,
@@ -57,12 +57,25 @@ def build_tree(build: str) -> str | None:
     return None if done.returncode == 0 else f"the build failed: see {log}"
 
 
-def run_case(build: str, case: str, repeat: int) -> int:
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def blockfuzz_main():
+    """``harness.cli.main`` of this tree, or None when this Python cannot import it
+    (not the interpreter of blockfuzz's ``.venv``): a failed import must stop the
+    bisection, not mark a commit bad."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    try:
+        from harness.cli import main as cli_main
+    except ImportError:
+        return None
+    return cli_main
+
+
+def run_case(cli_main, build: str, case: str, repeat: int) -> int:
     """``blockfuzz diff CASE --only qemu``'s exit code on this build."""
-    command = [sys.executable, "-m", "harness.cli", "diff", case, "--only", "qemu",
-               "--repeat", str(repeat), "--qemu-build", build]
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    return subprocess.run(command, cwd=root).returncode
+    return cli_main(["diff", case, "--only", "qemu", "--repeat", str(repeat), "--qemu-build", build])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,12 +90,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"qemu_bisect_run: {args.case}: no such case file" if args.repeat >= 1
               else "qemu_bisect_run: --repeat must be at least 1", file=sys.stderr)
         return STOP
+    cli_main = blockfuzz_main()
+    if cli_main is None:
+        print(f"qemu_bisect_run: this Python ({sys.executable}) cannot import blockfuzz: run the "
+              f"script with {os.path.join(ROOT, '.venv', 'bin', 'python')}", file=sys.stderr)
+        return STOP
     build = os.path.abspath(args.build)
     why = build_tree(build)
     if why is not None:
         print(f"qemu_bisect_run: skipping this commit: {why}", file=sys.stderr)
         return SKIP
-    code = run_case(build, os.path.abspath(args.case), args.repeat)
+    try:
+        code = run_case(cli_main, build, os.path.abspath(args.case), args.repeat)
+    except Exception as exc:    # blockfuzz itself broken here (a missing package): not the commit's fault
+        print(f"qemu_bisect_run: blockfuzz failed: {type(exc).__name__}: {exc}: stopping the "
+              "bisection", file=sys.stderr)
+        return STOP
     if code not in (GOOD, BAD):
         print(f"qemu_bisect_run: blockfuzz diff exited {code}: stopping the bisection", file=sys.stderr)
         return STOP

@@ -46,3 +46,21 @@ def test_the_seed_race_makes_a_qemu_with_it_bad_and_with_fixed_good():
     build = build_of("stream-prepare-no-drain")
     assert script().main(["--build", build, CASE, "--repeat", "2"]) == 1
     assert script().main(["--build", build, CASE, "--repeat", "2", "--fixed"]) == 0
+
+
+def test_a_blockfuzz_that_cannot_run_stops_the_bisection_rather_than_calling_the_commit_bad(
+        tmp_path, capsys, monkeypatch):
+    if shutil.which("ninja") is None:
+        pytest.skip("ninja is not installed")
+    (tmp_path / "build.ninja").write_text("rule ok\n  command = true\nbuild qemu-img: ok\n")
+    module = script()
+
+    def broken(argv):
+        raise ModuleNotFoundError("No module named 'qemu'")
+    monkeypatch.setattr(module, "blockfuzz_main", lambda: broken)
+    assert module.main(["--build", str(tmp_path), CASE]) == 255
+    assert capsys.readouterr().err == ("qemu_bisect_run: blockfuzz failed: ModuleNotFoundError: "
+                                       "No module named 'qemu': stopping the bisection\n")
+    monkeypatch.setattr(module, "blockfuzz_main", lambda: None)
+    assert module.main(["--build", str(tmp_path), CASE]) == 255
+    assert "cannot import blockfuzz: run the script with " in capsys.readouterr().err
