@@ -16,7 +16,10 @@ two of them, then two gaps, then three, every position and length; then the same
 from the commands all back to back on, with qcow2 metadata reads as I/O (a
 job's first block-status query on an image waits, busy, for its L2 table, as
 on QEMU, where a ``block-job-pause`` right after ``block-stream`` finds the job
-still ``running``); last, :data:`DEEP_SEEDS` more seeds (:func:`search_seeds`:
+still ``running``); then one gap of an exact length, past the 0-3 loop steps a
+choice names short of running idle (:func:`search_long_gaps`: QEMU's main loop
+may stop anywhere in a job's run between two pipelined commands); last,
+:data:`DEEP_SEEDS` more seeds (:func:`search_seeds`:
 outcomes that need several timings to line up at once). Anything else is
 a ``qemu-mismatch`` finding whose report shows the closest model outcome(s)
 and QEMU next to each other, command by command.
@@ -51,7 +54,9 @@ from harness.observation import Finding, Observation, fold_drain_pairs
 DEFAULT_SEEDS = 20
 GAP_BOUND = 3       # gap schedules tried on a mismatch: at most this many gaps ...
 GAP_SEEDS = 2       # ... each under this many seeds for the other decisions
-#: seeds tried after the gap search, on a mismatch it did not explain
+#: the longest exact gap (loop steps) :func:`search_long_gaps` tries
+LONG_GAP = 64
+#: seeds tried after the gap searches, on a mismatch they did not explain
 DEEP_SEEDS = 2000
 METADATA_NOTE = ", qcow2 metadata reads as I/O (schedule metadata-io)"
 #: the fields of a normalised outcome, in report order
@@ -312,13 +317,42 @@ def gap_count(case: Case, bound: int = GAP_BOUND, seeds: int = GAP_SEEDS, fewest
 
 def gapped_model(case: Case, seed: int, gaps: dict[int, int],
                  unthrottle: dict[int, list[str]] | None = None,
-                 metadata_io: bool = False) -> Observation:
+                 metadata_io: bool = False, gap_steps: dict[int, int] | None = None) -> Observation:
     """The fixed model with commands back to back but for ``gaps``; other decisions
-    from plain random choices with ``seed``; ``metadata_io``: see
+    from plain random choices with ``seed``; ``metadata_io`` and ``gap_steps``: see
     :func:`harness.backends.reference.run_case`."""
     from harness.backends import reference
     return reference.run_case(case, Gaps(RandomSource(seed), gaps), bugs=(), unthrottle=unthrottle,
-                              metadata_io=metadata_io)
+                              metadata_io=metadata_io, gap_steps=gap_steps)
+
+
+def search_long_gaps(case: Case, qemu: Observation, run_gapped: Callable[..., Observation],
+                     seeds: int = GAP_SEEDS, longest: int = LONG_GAP,
+                     note: str = "") -> tuple[tuple[str, Observation] | None, int]:
+    """One gap of an exact length past the three steps a ``between`` choice names short
+    of running idle (4 to ``longest`` steps, and no longer than the loop has work), at
+    each position, with no other gap or one short one; the other decisions random with
+    each of ``seeds``. QEMU's main loop runs all that is ready in one iteration, so
+    between two pipelined commands it may stop anywhere in a job's run: after its
+    coroutine returned and before the completion it scheduled, say. Returns the first
+    schedule that gives QEMU's outcome (or None) and the number of runs tried."""
+    from harness.backends.reference import BETWEEN
+    q = normalise(qemu)
+    positions = range(len(case.commands) - 1)
+    tried = 0
+    for p in positions:
+        shorts = [{}] + [{o: n} for o in positions if o != p for n in range(1, BETWEEN)]
+        for short, seed in itertools.product(shorts, range(seeds)):
+            for steps in range(BETWEEN - 1, longest + 1):
+                obs = run_gapped(case, seed, short, gap_steps={p: steps})
+                tried += 1
+                if not differing_fields(normalise(obs), q):
+                    also = "".join(f", {n} before command {o + 1}" for o, n in short.items())
+                    return (f"back to back but exactly {steps} steps before command {p + 1}{also} "
+                            f"(seed {seed}){note}", obs), tried
+                if obs.extra.get("gap_idle"):
+                    break
+    return None, tried
 
 
 def unthrottled(case: Case, qemu: Observation) -> dict[int, list[str]]:
@@ -469,6 +503,12 @@ class Differ:
                 if found is not None:
                     return DiffResult(case, qemu, model + [found], None)
             searched = sum(gap_count(case, fewest=fewest) for _, _, fewest in gapped)
+            if run_gapped is gapped_model:
+                for run, note, _ in gapped:
+                    found, tried = search_long_gaps(case, qemu, run, note=note)
+                    searched += tried
+                    if found is not None:
+                        return DiffResult(case, qemu, model + [found], None)
             finding = compare(case, qemu, model, self.seeds, searched)
         if finding is not None and finding.kind == "qemu-mismatch" and run_model is reference_model:
             deep, matched = search_seeds(case, qemu, _deep_runs(lifted, timed), self.seeds)

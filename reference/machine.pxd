@@ -12,11 +12,11 @@ cdef class BlockBackend:
 
 cdef class Machine:
     cdef public AioContext aio
-    cdef public dict named_nodes, images, blks, jobs, unthrottle, x_step_until
+    cdef public dict named_nodes, images, blks, jobs, unthrottle, x_step_until, gap_steps
     cdef public list job_order, events, completing, errors, trace, all_nodes
     cdef public object bugs, cells, top_node
     cdef public Py_ssize_t cmd_index, drain_depth, auto_counter, case_start, path_prefix
-    cdef public bint opening, metadata_io
+    cdef public bint opening, metadata_io, gap_idle
     cdef public set metadata_loaded
 
     cpdef str step_label(self)

@@ -55,6 +55,13 @@ class Machine:
         #: up to which that x-step may run (default: qmp.X_STEP_HORIZON_NS past now);
         #: `blockfuzz diff` gives when QEMU's ended, since QEMU's rate limits run in real time
         self.x_step_until: dict[int, int] = {}
+        #: position (the index of the command before the gap) -> exact loop steps of
+        #: that client gap, past the three a ``between`` choice can name short of
+        #: running idle: QEMU's main loop may stop anywhere in a job's run between two
+        #: pipelined commands (only `blockfuzz diff`'s search asks for it);
+        #: ``gap_idle`` notes a gap that went idle before its steps were done
+        self.gap_steps: dict[int, int] = {}
+        self.gap_idle = False
         self.case_start = 0
         #: qcow2 metadata reads as I/O (only `blockfuzz diff`'s gap search asks for it):
         #: the first block-status query that reaches a qcow2 image reads its L2 table

@@ -376,8 +376,14 @@ IDLE_BOUND = 10_000
 
 def client_gap(m, label: str) -> None:
     """The loop's work while the client's next command is on its way (a choice
-    of ``label``: how many iterations)."""
+    of ``label``: how many iterations; ``Machine.gap_steps`` may set it exactly)."""
     k = m.aio.choose(CLIENT_GAP, label)
+    if m.gap_steps and label == "between" and m.cmd_index in m.gap_steps:
+        for _ in range(m.gap_steps[m.cmd_index]):
+            if not m.aio.aio_poll(blocking=False):
+                m.gap_idle = True
+                return
+        return
     for _ in range(k if k < CLIENT_GAP - 1 else IDLE_BOUND):
         if not m.aio.aio_poll(blocking=False):
             break

@@ -72,7 +72,8 @@ def new_machine(case: Case, source: ChoiceSource, bug_ids: tuple[str, ...],
 def run_case(case: Case, source: ChoiceSource | None = None, *,
              bugs: Iterable[str] | None = None, trace: bool = False,
              unthrottle: Mapping[int, Sequence[str]] | None = None,
-             metadata_io: bool = False, x_step_until: Mapping[int, int] | None = None) -> Observation:
+             metadata_io: bool = False, x_step_until: Mapping[int, int] | None = None,
+             gap_steps: Mapping[int, int] | None = None) -> Observation:
     """Run ``case`` on the model; never raises for a model fault. ``unthrottle``:
     command index (that of an x-wait-jobs, ``len(case.commands)`` for the implicit
     last one) -> block jobs whose speed limit it lifts first, in order (what the QEMU
@@ -81,7 +82,9 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
     (``Machine.metadata_io``; only ``diff``'s gap search asks for it).
     ``x_step_until``: command index -> the virtual time since the first command up
     to which that ``x-step`` may run, instead of 50 ms past its start (``diff`` gives
-    when QEMU's ended)."""
+    when QEMU's ended). ``gap_steps``: position -> the exact loop steps of the client's
+    gap after that command (``Machine.gap_steps``); the observation's
+    ``extra["gap_idle"]`` says whether one went idle first."""
     bug_ids = tuple(case.bugs if bugs is None else bugs)
     for b in bug_ids:
         if b not in BUGS:
@@ -92,6 +95,8 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
         m.unthrottle = {i: list(devices) for i, devices in unthrottle.items()}
     if x_step_until:
         m.x_step_until = dict(x_step_until)
+    if gap_steps:
+        m.gap_steps = dict(gap_steps)
     source.attach(m)
     obs = Observation()
     try:
@@ -104,6 +109,8 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
         obs.finding = Finding("crash", f"{type(exc).__name__}: {exc}",
                               f"{tb.name}:{type(exc).__name__}", m.cmd_index)
     _observe(m, obs)
+    if gap_steps:
+        obs.extra["gap_idle"] = m.gap_idle
     obs.choices = list(source.recorded)
     m.release()
     return obs

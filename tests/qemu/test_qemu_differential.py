@@ -14,6 +14,7 @@ from harness.backends.qemu_core import cores_possible
 from harness.case import Case, Command, Image, from_dict
 from harness.cli import main
 from harness.differential import (Differ, Gaps, compare, differing_fields, gap_schedules, search_seeds,
+                                  search_long_gaps,
                                   model_outcomes, normalise, report, search_gaps)
 from harness.observation import ChainNode, Finding, Observation
 
@@ -479,3 +480,50 @@ def test_the_differ_finds_the_rarer_orders_of_two_completions_qemu_shows(capsys)
     failed."""
     code, lines, err = diff(capsys, STREAM_OUTLIVES, "--repeat", "6")
     assert (code, lines[-2], err) == (0, "6 passed, 0 failed", "")
+
+
+PAUSE_AFTER_RETURN = os.path.join(REPO, "corpus", "regressions",
+                                  "qemu-fidelity-pause-between-a-jobs-return-and-its-completion.json")
+#: QEMU 7.2's replies to it, under load (a differential campaign with --jobs 2)
+ON_QEMU = [OK, OK, {"error": {"class": "DeviceNotActive", "desc": "Block job 'node8' not found"}},
+           {"error": {"class": "GenericError", "desc": "Job not found"}},
+           {"error": {"class": "GenericError", "desc": "'backing-file' specified, but 'top' is the active layer"}},
+           {"error": {"class": "GenericError", "desc": "Cannot find device='node7' nor node-name='node7'"}},
+           {"error": {"class": "GenericError", "desc": "Cannot find device='node7' nor node-name='node7'"}}]
+
+
+def test_a_client_gap_of_exact_steps_stops_anywhere_in_a_jobs_run_and_says_when_it_went_idle():
+    from harness.backends.reference import run_case
+    from harness.case import load
+    from harness.choices import RandomSource
+    case = load(PAUSE_AFTER_RETURN)
+
+    def replies(gaps, steps=None):
+        obs = run_case(case, Gaps(RandomSource(0), gaps), gap_steps=steps)
+        return [r.get("error", {}).get("desc", "ok")[:24] for r in obs.replies[1:3]], obs.extra.get("gap_idle")
+    # a choice names 0-3 steps (the stream still runs: paused, so not completed) or idle (gone)
+    assert replies({0: 3}) == (["ok", "Job 'node8' in state 'pa"], None)
+    assert replies({0: 4}) == (["Block job 'node8' not fo"] * 2, None)
+    # 11 steps: the stream's coroutine has returned, its completion not run; the pause
+    # only counts, and one step later the completion has run regardless
+    assert replies({1: 1}, {0: 11}) == (["ok", "Block job 'node8' not fo"], False)
+    assert replies({}, {0: 11}) == (["ok", "Job 'node8' in state 'ru"], False)
+    assert replies({}, {0: 500})[1] is True
+
+
+def test_the_long_gap_search_reaches_qemus_replies_the_choices_cannot():
+    from harness.case import load
+    from harness.differential import gapped_model
+    case = load(PAUSE_AFTER_RETURN)
+    qemu = Observation(replies=ON_QEMU)
+    calls: list = []
+
+    def replies_only(case, seed, gaps, gap_steps=None):
+        calls.append(gap_steps)
+        obs = gapped_model(case, seed, gaps, gap_steps=gap_steps)
+        return Observation(replies=obs.replies, extra={"gap_idle": obs.extra["gap_idle"]})
+    found, tried = search_long_gaps(case, qemu, replies_only)
+    assert found[0] == "back to back but exactly 11 steps before command 1, 1 before command 2 (seed 0)"
+    assert found[1].replies == ON_QEMU and tried == len(calls)
+    # each position's lengths stop where the loop went idle, well short of LONG_GAP
+    assert calls[0] == {0: 4} and max(steps[0] for steps in calls if 0 in steps) < 20
