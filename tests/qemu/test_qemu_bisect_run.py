@@ -42,8 +42,10 @@ def test_a_wrong_case_stops_the_bisection(tmp_path, capsys):
 
 
 @pytest.mark.qemu
-def test_the_seed_race_makes_a_qemu_with_it_bad_and_with_fixed_good():
+def test_the_seed_race_makes_a_qemu_with_it_bad_and_with_fixed_good(monkeypatch):
     build = build_of("stream-prepare-no-drain")
+    # --qemu-build sets the variable for the whole process: set here, it is undone after
+    monkeypatch.setenv("BLOCKFUZZ_QEMU_BUILD", build)
     assert script().main(["--build", build, CASE, "--repeat", "2"]) == 1
     assert script().main(["--build", build, CASE, "--repeat", "2", "--fixed"]) == 0
 
