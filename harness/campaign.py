@@ -970,9 +970,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="atheris: what guides libFuzzer: the scenario cells and pairs of cells "
                              "a run reached (default), or coverage of the model's bytecode")
     parser.add_argument("--no-minimize", action="store_true", help="keep findings as found")
-    parser.add_argument("--known", metavar="DIR",
-                        help="case files of documented behaviours (e.g. corpus/known): "
-                             "their signatures are counted but not reported as findings")
+    parser.add_argument("--known", metavar="DIR", action="append",
+                        help="case files of documented behaviours (e.g. corpus/known; with "
+                             "--differential also docs/qemu-7.2-findings): their signatures are "
+                             "counted but not reported as findings (may be given more than once)")
     parser.add_argument("--backend", choices=("model", "qemu"), default="model",
                         help="run the generated cases on the model (default) or on real QEMU 7.2")
     parser.add_argument("--differential", action="store_true",
@@ -1011,14 +1012,21 @@ def documented_signatures() -> frozenset[str]:
     return known_signatures(DOCUMENTED) if os.path.isdir(DOCUMENTED) else frozenset()
 
 
-def known_signatures(directory: str | None) -> frozenset[str]:
-    """The signatures of the case files in ``directory`` (each replayed on the model
-    with its own schedule, unless its description names its signature)."""
-    if directory is None:
+def known_signatures(directories: str | Sequence[str] | None,
+                     replay: Callable[[Case], Outcome] | None = None) -> frozenset[str]:
+    """The signatures of the case files in ``directories`` (one or several), each
+    replayed with its own schedule by ``replay`` (default: on the model) unless its
+    description names its signature."""
+    if directories is None:
         return frozenset()
-    if not os.path.isdir(directory):
-        raise UsageError(f"--known {directory}: not a directory")
-    return frozenset(FindingStore(directory, replay=replay_outcome).signatures)
+    if isinstance(directories, str):
+        directories = (directories,)
+    for directory in directories:
+        if not os.path.isdir(directory):
+            raise UsageError(f"--known {directory}: not a directory")
+    return frozenset(sig for directory in directories
+                     for sig in FindingStore(directory, replay=replay or replay_outcome).signatures
+                     if sig != "ok")     # a case the campaign's backend runs without a finding
 
 
 def run(args: argparse.Namespace) -> int:

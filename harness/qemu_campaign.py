@@ -8,6 +8,13 @@ every disagreement as a ``qemu-mismatch`` (and every QEMU crash as
 ``qemu-crash``). Findings go through the same store as model findings:
 written atomically, deduplicated by signature, replayed twice (on QEMU) before
 they are reported. The live line shows cases/s and the agreement rate.
+
+``--known DIR`` names what QEMU is known to do (``corpus/known``,
+``docs/qemu-7.2-findings``): each case file there is replayed as the campaign
+runs a case (on QEMU, and for ``--differential`` on the model too) unless its
+description names its signature, and a case with one of those signatures is
+counted, not reported. A campaign against QEMU 7.2 then exits 0 unless it finds
+something new: a gate for a tree whose known crashes are not the point.
 """
 from __future__ import annotations
 
@@ -32,6 +39,7 @@ class Tally:
     cases: int = 0
     agree: int = 0
     kinds: Counter = field(default_factory=Counter)
+    known: Counter = field(default_factory=Counter)      # --known signatures seen again
     stored: list = field(default_factory=list)
     duplicates: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -45,8 +53,9 @@ class Tally:
         agree = f"{100.0 * self.agree / self.cases:.1f} %" if self.cases else "-"
         label = "agreement" if mode == "differential" else "oracle ok"
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(self.kinds.items())) or "none"
+        known = f"  known {sum(self.known.values())}" if self.known else ""
         return (f"{mode}: {self.cases:,} cases  {rate:.1f} cases/s  {label} {agree}  "
-                f"findings: {kinds}  {int(self.elapsed) // 60}:{int(self.elapsed) % 60:02d}")
+                f"findings: {kinds}{known}  {int(self.elapsed) // 60}:{int(self.elapsed) % 60:02d}")
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -106,10 +115,14 @@ def within_budget(args: argparse.Namespace, t: Tally) -> bool:
     return t.cases < (args.runs or 200)
 
 
-def record(t: Tally, store: FindingStore, case: Case, outcome: Outcome) -> None:
+def record(t: Tally, store: FindingStore, case: Case, outcome: Outcome,
+           known: frozenset[str] = frozenset()) -> None:
     t.cases += 1
     if outcome.kind == "ok":
         t.agree += 1
+        return
+    if outcome.signature in known:
+        t.known[outcome.signature] += 1
         return
     t.kinds[outcome.kind] += 1
     stored = store.add(case, outcome)
@@ -122,6 +135,8 @@ def record(t: Tally, store: FindingStore, case: Case, outcome: Outcome) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
+
+    from harness.campaign import known_signatures
     check_args(args)
     mode = "differential" if args.differential else "qemu"
     console = Console(highlight=False)
@@ -129,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if note:
         console.print(note, markup=False, soft_wrap=True)
     store = make_store(args)
+    known = known_signatures(args.known, replay=store.replay)
     t = Tally()
     interrupted = False
     stream = case_stream(args.seed)
@@ -140,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             batch = [next(stream) for _ in range(BATCH if args.max_time else
                                                  min(BATCH, (args.runs or 200) - t.cases))]
             for case, outcome in results(args, batch):
-                record(t, store, case, outcome)
+                record(t, store, case, outcome, known)
                 if live is not None:
                     live.update(t.line(mode))
     except KeyboardInterrupt:
@@ -165,4 +181,6 @@ def summary(t: Tally, mode: str, interrupted: bool) -> list[str]:
         lines.append(f"  {s.outcome.signature}{flag}: {s.path}")
     if t.duplicates:
         lines.append(f"  ({t.duplicates} more with signatures already stored)")
+    for sig, n in sorted(t.known.items()):
+        lines.append(f"  known, not reported: {sig} ({n} case{'s' if n != 1 else ''})")
     return lines

@@ -597,8 +597,20 @@ def test_a_known_signature_is_not_a_new_finding_for_hypothesis_either():
     assert not c.new_finding(crash)
 
 
+def test_known_takes_several_directories_and_skips_cases_without_a_finding(tmp_path):
+    """--known may be given more than once: the signatures of every directory; a case
+    that replays without a finding adds none (an "ok" would count nothing anyway)."""
+    from harness.campaign import known_signatures, replay_outcome
+    case_mod.save(case_mod.load("corpus/seeds/030/test_overlapping_5.json"), str(tmp_path / "ok.json"))
+    case = case_mod.load("corpus/regressions/overlapping_5-stream-prepare-no-drain.json")
+    case_mod.save(case, str(tmp_path / "uaf.json"))
+    assert known_signatures([str(tmp_path)]) == {replay_outcome(case).signature}
+    assert known_signatures(["corpus/known", str(tmp_path)]) == \
+        known_signatures("corpus/known") | {replay_outcome(case).signature}
+
+
 def test_known_must_be_a_directory(capsys, tmp_path):
-    assert main(["fuzz", "--runs", "1", "--known", str(tmp_path / "nope")]) == 2
+    assert main(["fuzz", "--runs", "1", "--known", "corpus/known", "--known", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--known" in err and "not a directory" in err
 

@@ -1,4 +1,5 @@
 """``blockfuzz fuzz --backend qemu`` and ``--differential`` on real QEMU 7.2."""
+import itertools
 import json
 import os
 
@@ -39,3 +40,29 @@ def test_qemu_campaign_usage_errors(argv, text, capsys):
     assert main(["fuzz", "--differential", "--runs", "1", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and text in err
+
+
+def test_known_qemu_crashes_are_counted_not_reported(tmp_path, monkeypatch, capsys):
+    """A differential campaign given --known counts a QEMU 7.2 crash documented there
+    and exits 0; the same campaign without it stores the crash and exits 1."""
+    from harness import qemu_campaign
+    from harness.case import load
+    case = load("docs/qemu-7.2-findings/qemu-segv-query-after-concluded-stream.json")
+    monkeypatch.setattr(qemu_campaign, "case_stream", lambda seed: itertools.repeat(case))
+    argv = ["fuzz", "--differential", "--runs", "2", "--model-seeds", "2"]
+
+    assert main([*argv, "--findings", str(tmp_path / "new")]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("done: differential: 2 cases") and "findings: qemu-crash 2" in out[0]
+    assert [l.split(":")[0] for l in out[2:]] == ["  qemu-crash@bdrv_refresh_filename<bdrv_block_device_info",
+                                                  "  (1 more with signatures already stored)"]
+    assert len(os.listdir(tmp_path / "new")) == 1
+
+    assert main([*argv, "--findings", str(tmp_path / "known"),
+                 "--known", "corpus/known", "--known", "docs/qemu-7.2-findings"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "findings: none  known 2" in out[0]
+    assert out[1:] == ["agreement: 0/2 cases agree with the model (0.0 %)",
+                       "  known, not reported: qemu-crash@bdrv_refresh_filename<bdrv_block_device_info "
+                       "(2 cases)"]
+    assert not (tmp_path / "known").exists() or not os.listdir(tmp_path / "known")
