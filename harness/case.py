@@ -36,7 +36,7 @@ DEFAULT_SIZE = 1 << 20
 DEFAULT_CLUSTER_SIZE = 64 << 10
 DEFAULT_SCHEDULE = {"policy": "random", "seed": 0}
 #: schedule keys that are options of the run rather than its choice source
-SCHEDULE_OPTIONS = ("metadata-io",)
+SCHEDULE_OPTIONS = ("metadata-io", "x-step-until")
 SCHEMA_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "case_schema.json")
 
 #: QMP commands a case may send, with QEMU 7.2's names.
@@ -122,8 +122,8 @@ class Case:
     path: str | None = field(default=None, compare=False)
 
     def schedule_options(self) -> dict[str, Any]:
-        """The schedule's options that are not a choice source (``metadata-io``), which
-        a new schedule for the same case keeps."""
+        """The schedule's options that are not a choice source (``metadata-io``,
+        ``x-step-until``), which a new schedule for the same case keeps."""
         return {k: v for k, v in (self.schedule or {}).items() if k in SCHEDULE_OPTIONS}
 
     def with_schedule(self, schedule: Mapping[str, Any]) -> "Case":
@@ -224,7 +224,8 @@ def _build(data: dict, path: str | None) -> Case:
 
 def _check_rules(case: Case, path: str | None) -> None:
     """The rules beyond the schema, in document order; the first broken one raises."""
-    for check in (_check_images, _check_drive, _check_bugs, _check_commands, _check_expect):
+    for check in (_check_images, _check_drive, _check_bugs, _check_commands, _check_schedule,
+                  _check_expect):
         problem = check(case)
         if problem is not None:
             raise CaseError(path, *problem)
@@ -290,6 +291,15 @@ def _check_commands(case: Case) -> tuple[str, str] | None:
             return (f"$.commands[{i}].arguments",
                     _outside(args["offset"], args["length"], top.size,
                              f"the size of the device's image '{top.node_name}'"))
+    return None
+
+
+def _check_schedule(case: Case) -> tuple[str, str] | None:
+    for key in (case.schedule or {}).get("x-step-until", {}):
+        index = int(key)
+        if index >= len(case.commands) or case.commands[index].execute != "x-step":
+            return (f"$.schedule.x-step-until['{key}']", "expected the index of an x-step "
+                    f"command, got {index}")
     return None
 
 

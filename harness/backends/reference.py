@@ -60,12 +60,15 @@ def build(m: Machine, case: Case) -> None:
 def new_machine(case: Case, source: ChoiceSource, bug_ids: tuple[str, ...],
                 trace: bool = False, metadata_io: bool = False) -> Machine:
     """The machine a run of ``case`` starts from (before :func:`build`): its choices
-    from ``source``, qcow2 metadata reads if asked or if the case's schedule asks, and
-    QEMU's path lengths (the QEMU backend's case directories are
-    :data:`CASE_PATH_PREFIX` characters long)."""
+    from ``source``, qcow2 metadata reads if asked or if the case's schedule asks, the
+    x-steps' end times the schedule gives (``x-step-until``), and QEMU's path lengths
+    (the QEMU backend's case directories are :data:`CASE_PATH_PREFIX` characters long)."""
     m = Machine(source.choose, bug_ids, trace=trace)
     m.path_prefix = CASE_PATH_PREFIX
-    m.metadata_io = metadata_io or bool((case.schedule or {}).get("metadata-io"))
+    schedule = case.schedule or {}
+    m.metadata_io = metadata_io or bool(schedule.get("metadata-io"))
+    if "x-step-until" in schedule:
+        m.x_step_until = {int(i): ns for i, ns in schedule["x-step-until"].items()}
     return m
 
 
@@ -82,7 +85,7 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
     (``Machine.metadata_io``; only ``diff``'s gap search asks for it).
     ``x_step_until``: command index -> the virtual time since the first command up
     to which that ``x-step`` may run, instead of 50 ms past its start (``diff`` gives
-    when QEMU's ended). ``gap_steps``: position -> the exact loop steps of the client's
+    when QEMU's ended; a case's schedule may, as ``x-step-until``; this one wins). ``gap_steps``: position -> the exact loop steps of the client's
     gap after that command (``Machine.gap_steps``); the observation's
     ``extra["gap_idle"]`` says whether one went idle first."""
     bug_ids = tuple(case.bugs if bugs is None else bugs)
