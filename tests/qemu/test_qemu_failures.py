@@ -388,3 +388,36 @@ def test_the_commit_use_after_free_through_job_finalize_dies_in_the_qmp_command(
     assert "died with signal SIGSEGV (11)" in first and first.endswith("during command 2 (job-finalize)")
     if cores_possible():
         assert obs.finding.where == "qmp_job_finalize<qmp_marshal_job_finalize"
+
+
+def test_the_commit_use_after_free_inside_block_streams_drain_dies_in_the_nested_poll():
+    """docs/qemu-7.2-findings: the same commit, completing while block-stream inserts its
+    copy-on-read filter. The drain of bdrv_insert_node polls, the completion runs there,
+    and QEMU dies inside the command (aio_bh_poll<aio_poll) or, when the main loop ran the
+    completion first, in the main loop (aio_bh_poll<aio_dispatch): in tries until the
+    first, every run one of the two. The model shows both places under its schedules."""
+    from harness.backends.reference import run_case as run_model
+    from harness.case import load
+    from harness.choices import RandomSource
+    case = load(os.path.join(REPO, "docs", "qemu-7.2-findings",
+                             "qemu-segv-commit-completion-inside-stream-start-drain.json"))
+    steps = set()
+    for seed in range(12):
+        model = run_model(case, RandomSource(seed))
+        assert (model.finding.kind, model.finding.where) == ("use-after-free", "commit_abort")
+        steps.add(model.finding.step)
+    assert steps == {0, 1}          # between the commands, and inside block-stream's drain
+    sites = []
+    with QemuRunner() as runner:
+        while "aio_bh_poll<aio_poll" not in sites and len(sites) < 8:
+            obs = runner.run(case)
+            assert obs.finding.kind == "qemu-crash"
+            lines = obs.finding.message.splitlines()
+            assert "died with signal SIGSEGV (11)" in lines[0]
+            assert any(line.endswith("Could not update backing file link: Invalid argument")
+                       for line in lines)
+            if not cores_possible():
+                return
+            sites.append(obs.finding.where)
+    assert set(sites) <= {"aio_bh_poll<aio_poll", "aio_bh_poll<aio_dispatch"}
+    assert sites[-1] == "aio_bh_poll<aio_poll"
