@@ -138,7 +138,7 @@ def minimize(case: Case, kind: str | None = None, run: Callable[[Case], Run] = r
 # -- pass 1: commands -------------------------------------------------------------
 
 def shrink_commands(search: _Search) -> None:
-    _drop_chunks(search, lambda c: c.commands, lambda c, items: replace(c, commands=tuple(items)))
+    _drop_chunks(search, lambda c: c.commands, without_commands)
     for i in range(len(search.best.commands)):
         for key in _optional_arguments(search.best.commands, i):
             commands = list(search.best.commands)
@@ -147,21 +147,35 @@ def shrink_commands(search: _Search) -> None:
             search.attempt(replace(search.best, commands=tuple(commands)))
 
 
+def without_commands(case: Case, start: int, end: int) -> Case:
+    """``case`` without commands ``start`` .. ``end - 1``. The schedule's x-step end
+    times (``x-step-until``, keyed by command index) follow their x-steps: those of
+    dropped commands go, those after them move up."""
+    schedule = case.schedule
+    times = schedule.get("x-step-until")
+    if times:
+        gone = end - start
+        moved = {str(i - gone if i >= end else i): ns for i, ns in ((int(k), v) for k, v in times.items())
+                 if not start <= i < end}
+        schedule = {**schedule, "x-step-until": moved}
+    return replace(case, commands=case.commands[:start] + case.commands[end:], schedule=schedule)
+
+
 def _optional_arguments(commands: Sequence[Command], i: int) -> list[str]:
     if i >= len(commands):
         return []
     return [k for k in commands[i].arguments if k not in ESSENTIAL_ARGUMENTS]
 
 
-def _drop_chunks(search: _Search, get: Callable, put: Callable) -> None:
-    """Remove runs of items (halves, quarters, ... single ones), last ones first."""
+def _drop_chunks(search: _Search, get: Callable, drop: Callable) -> None:
+    """Remove runs of items (halves, quarters, ... single ones), last ones first:
+    ``drop(case, start, end)`` is the case without items ``start`` .. ``end - 1``."""
     size = max(1, len(get(search.best)) // 2)
     while size >= 1 and not search.exhausted:
         end = len(get(search.best))
         while end > 0 and not search.exhausted:
             start = max(0, end - size)
-            items = list(get(search.best))
-            search.attempt(put(search.best, items[:start] + items[end:]))
+            search.attempt(drop(search.best, start, end))
             end = min(start, len(get(search.best)))
         size //= 2
 
@@ -176,7 +190,8 @@ def shrink_images(search: _Search) -> None:
             if not search.attempt(replace(search.best, images=tuple(images))):
                 _drop_writes(search, i)
     # a case with no image left is not valid, so attempt() refuses it
-    _drop_chunks(search, lambda c: c.images, lambda c, items: replace(c, images=tuple(items)))
+    _drop_chunks(search, lambda c: c.images,
+                 lambda c, start, end: replace(c, images=c.images[:start] + c.images[end:]))
 
 
 def _drop_writes(search: _Search, i: int) -> None:
@@ -198,7 +213,11 @@ def shrink_schedule(search: _Search) -> None:
     def put(c: Case, items: list[int]) -> Case:
         return replace(c, schedule={"choices": items, **c.schedule_options()})
 
-    _drop_chunks(search, choices, put)
+    def drop(c: Case, start: int, end: int) -> Case:
+        items = choices(c)
+        return put(c, items[:start] + items[end:])
+
+    _drop_chunks(search, choices, drop)
     for i in range(len(choices(search.best)) - 1, -1, -1):
         current = choices(search.best)
         if i >= len(current) or not current[i]:

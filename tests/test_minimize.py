@@ -74,6 +74,20 @@ def test_a_new_schedule_keeps_the_cases_metadata_io_option():
     assert with_choices(timed, [2, 0]).schedule == {"choices": [2], "metadata-io": True}
 
 
+def test_dropped_commands_take_their_x_step_end_times_along_and_later_ones_move_up():
+    from harness.minimize import without_commands
+    case = case_mod.load("corpus/regressions/qemu-fidelity-slice-ends-when-the-sleep-does.json")
+    times = case.schedule["x-step-until"]        # commands 1-4 are x-steps
+    shorter = without_commands(case, 2, 4)
+    assert [c.execute for c in shorter.commands] == ["block-commit", "x-step", "x-step", "block-commit"]
+    assert shorter.schedule == {"choices": [], "x-step-until": {"1": times["1"], "2": times["4"]}}
+    assert without_commands(case, 0, 1).schedule["x-step-until"] == {
+        str(int(k) - 1): ns for k, ns in times.items()}
+    # still a valid case, each time on an x-step (the expected replies are the full case's)
+    import dataclasses
+    case_mod.from_dict(dataclasses.replace(shorter, expect=None).to_dict())
+
+
 @pytest.mark.parametrize("bug,kind", [("stream-prepare-no-drain", "use-after-free"),
                                       ("stream-prepare-ref-only", "wrong-backing")])
 def test_the_030_regression_minimizes_within_the_seed_scenario(tmp_path, capsys, bug, kind):

@@ -85,9 +85,10 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
     (``Machine.metadata_io``; only ``diff``'s gap search asks for it).
     ``x_step_until``: command index -> the virtual time since the first command up
     to which that ``x-step`` may run, instead of 50 ms past its start (``diff`` gives
-    when QEMU's ended; a case's schedule may, as ``x-step-until``; this one wins). ``gap_steps``: position -> the exact loop steps of the client's
-    gap after that command (``Machine.gap_steps``); the observation's
-    ``extra["gap_idle"]`` says whether one went idle first."""
+    when QEMU's ended; a case's schedule may, as ``x-step-until``; this one wins).
+    ``gap_steps``: position -> the exact loop steps of the client's gap after that
+    command (``Machine.gap_steps``); the observation's ``extra["gap_idle"]`` says
+    whether one went idle first."""
     bug_ids = tuple(case.bugs if bugs is None else bugs)
     for b in bug_ids:
         if b not in BUGS:

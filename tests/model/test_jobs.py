@@ -301,7 +301,6 @@ def test_an_x_step_runs_to_the_virtual_time_it_is_given_since_the_first_command(
                                                          "desc": "Job not found"}}
 
 
-
 SLICE_CASE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                           "corpus", "regressions", "qemu-fidelity-slice-ends-when-the-sleep-does.json")
 
@@ -323,6 +322,7 @@ def test_a_rate_limit_slice_is_over_when_the_job_wakes_at_its_end():
     # 125 ms sleep is beyond every one of them, and the job is still there
     untimed = dataclasses.replace(case, schedule={"choices": []})
     assert run_case(untimed).replies[5]["error"]["desc"] == "Need a root block node"
+
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_a_throttled_job_is_paused_by_each_drained_section_that_reaches_it(name):
