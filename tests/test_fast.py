@@ -64,8 +64,9 @@ def can_compile() -> bool:
 def test_the_compiled_model_makes_the_same_runs_as_the_sources(tmp_path, monkeypatch, capsys):
     built = str(tmp_path / "fast")
     monkeypatch.setenv("BLOCKFUZZ_FAST_DIR", built)
-    assert blockfuzz_fast.main() == 0
-    assert capsys.readouterr().out == f"compiled 19 modules into {built}\n"
+    assert blockfuzz_fast.main([]) == 0
+    how = "profile-guided" if blockfuzz_fast.compiler_is_gcc() else "without profile"
+    assert capsys.readouterr().out == f"compiled 19 modules into {built} ({how})\n"
     compiled = digest_run({"BLOCKFUZZ_FAST_DIR": built}, 400)
     pure = digest_run({"BLOCKFUZZ_FAST_DIR": built, "BLOCKFUZZ_PURE": "1"}, 400)
     assert compiled[0] == "compiled (Cython)" and pure[0] == "pure Python"
@@ -118,7 +119,7 @@ def test_the_suite_itself_runs_the_python_sources():
 
 def test_without_cython_make_fast_says_what_to_install(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "Cython", None)      # import Cython now fails
-    assert blockfuzz_fast.main() == 2
+    assert blockfuzz_fast.main([]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Cython is not installed" in err and ".[fast]" in err
 
@@ -127,7 +128,7 @@ def test_a_failed_compile_is_one_line_and_exit_2(monkeypatch, capsys):
     def broken(*args, **kwargs):
         raise SystemExit("error: command 'gcc' failed: No such file or directory")
     monkeypatch.setattr(blockfuzz_fast, "build", broken)
-    assert blockfuzz_fast.main() == 2
+    assert blockfuzz_fast.main([]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "command 'gcc' failed" in err and "python3-dev" in err
 
@@ -243,3 +244,59 @@ def test_a_build_removes_compiled_modules_no_longer_listed(tmp_path):
     blockfuzz_fast._drop_strays("harness", str(tmp_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [blockfuzz_fast.MANIFEST, "notes.txt", "oracle" + suffix])
+
+
+def test_the_training_runs_six_campaigns_and_the_corpus(monkeypatch):
+    """What the profile-guided build optimizes for: pct and random campaigns, on the
+    fixed model and with each seed bug, then the corpus under three schedules."""
+    from harness.corpus import iter_cases
+    corpus = sum(1 for _ in iter_cases(os.path.join(REPO, "corpus")))
+    assert blockfuzz_fast.train(3) == 6 * 3 + 3 * corpus
+
+
+def test_training_on_a_build_that_does_not_load_fails_in_one_line(tmp_path):
+    """The child checks that it runs the instrumented modules: counts of the Python
+    sources would be no profile at all."""
+    with pytest.raises(blockfuzz_fast.TrainingFailed) as failed:
+        blockfuzz_fast._train_in_child(str(tmp_path))
+    assert str(failed.value) == ("the profile-guided build's training run exited with 2: "
+                                 "blockfuzz_fast: the instrumented modules did not load")
+
+
+def test_a_failed_training_leaves_no_build_marked_current(tmp_path, monkeypatch, capsys):
+    """An instrumented build must never be imported as the compiled model (it is slower
+    and writes its counts on every exit): the manifest comes only with the last build.
+    The compiler is left out here (tests/test_fast.py's first test runs it); the
+    training runs for real, on modules that are not there."""
+    out = tmp_path / "fast"
+    for package in blockfuzz_fast.MODULES:
+        manifest(out, package, blockfuzz_fast.digest() + "\n")     # an earlier build's
+    compiled = []
+    monkeypatch.setattr(blockfuzz_fast, "_compile", lambda o, t, j, flags: compiled.append(flags))
+    monkeypatch.setattr(blockfuzz_fast, "build_dir", lambda: str(out))
+    monkeypatch.setattr(blockfuzz_fast, "compiler_is_gcc", lambda: True)
+    monkeypatch.setitem(sys.modules, "Cython", sys.modules.get("Cython") or object())
+    assert blockfuzz_fast.main([]) == 2
+    assert compiled == [blockfuzz_fast.OPTIMIZE + blockfuzz_fast.PROFILE_GENERATE]
+    assert not list(out.rglob(blockfuzz_fast.MANIFEST))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "did not load" in err and "--no-pgo" in err
+
+
+def test_no_pgo_compiles_once_and_marks_it_current(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "fast"
+    compiled = []
+    monkeypatch.setattr(blockfuzz_fast, "_compile", lambda o, t, j, flags: compiled.append(flags))
+    monkeypatch.setattr(blockfuzz_fast, "build_dir", lambda: str(out))
+    monkeypatch.setitem(sys.modules, "Cython", sys.modules.get("Cython") or object())
+    assert blockfuzz_fast.main(["--no-pgo"]) == 0
+    assert compiled == [blockfuzz_fast.OPTIMIZE]
+    assert sorted(p.parent.name for p in out.rglob(blockfuzz_fast.MANIFEST)) == [
+        "backends", "harness", "reference"]
+    assert capsys.readouterr().out == f"compiled 19 modules into {out} (without profile)\n"
+
+
+def test_unknown_arguments_are_one_line_and_exit_2(capsys):
+    assert blockfuzz_fast.main(["--fast"]) == 2
+    err = capsys.readouterr().err
+    assert err == "blockfuzz_fast: unknown arguments '--fast': the only option is --no-pgo\n"
