@@ -6,8 +6,8 @@ PY     := $(VENV)/bin/python
 .PHONY: fuzz test venv qemu qemu-bug bench fast clean
 
 # .venv, made (again) when missing, older than pyproject.toml, or of another interpreter:
-# the system's own CPython 3.11+ when it can make one (built with PGO and LTO), else
-# python3; `make PYTHON=...` names another (scripts/venv.sh says why).
+# the system's own CPython 3.11+ when it can make one and has its headers (built with
+# PGO and LTO), else python3; `make PYTHON=...` names another (scripts/venv.sh says why).
 venv:
 	@PYTHON='$(PYTHON)' bash scripts/venv.sh
 

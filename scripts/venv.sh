@@ -4,8 +4,8 @@
 # chosen is another.
 #
 # The interpreter: $PYTHON when given (`make test PYTHON=python3.12`); otherwise the
-# system's own CPython when it is 3.11 or newer and can make a venv, before python3
-# from PATH. Distributions build their CPython with profile-guided and link-time
+# system's own CPython when it is 3.11 or newer, can make a venv and has its C headers
+# (`make fast` compiles against them; Debian: python3-dev), before python3 from PATH. Distributions build their CPython with profile-guided and link-time
 # optimization and link the interpreter statically; an interpreter built from source
 # with configure's defaults (what pyenv does unless told otherwise) has neither, and
 # runs the model a sixth slower, the same compiled model included (docs/measurements.md).
@@ -14,22 +14,25 @@ cd "$(dirname "$0")/.."
 VENV=.venv
 STAMP=$VENV/.installed
 
+# 3.11 or newer, with ensurepip (Debian: python3-venv); the system's also with Python.h
+RECENT='import sys, ensurepip; sys.exit(sys.version_info < (3, 11))'
+HEADERS='import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'
+
 choose() {
     if [ -n "${PYTHON:-}" ]; then
         echo "$PYTHON"
-        return
+    elif /usr/bin/python3 -c "$RECENT" 2>/dev/null && /usr/bin/python3 -c "$HEADERS" 2>/dev/null; then
+        echo /usr/bin/python3
+    elif python3 -c "$RECENT" 2>/dev/null; then
+        echo python3
+    else
+        echo "make venv: no Python 3.11 or newer that can make a venv (Debian: apt-get install python3-venv); name one with make PYTHON=..." >&2
+        exit 2
     fi
-    for candidate in /usr/bin/python3 python3; do
-        if "$candidate" -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-            echo "$candidate"
-            return
-        fi
-    done
-    echo "make venv: no Python 3.11 or newer that can make a venv (Debian: apt-get install python3-venv); name one with make PYTHON=..." >&2
-    exit 2
 }
 
-python=$(command -v "$(choose)") || { echo "make venv: PYTHON=$PYTHON is not a command" >&2; exit 2; }
+chosen=$(choose)
+python=$(command -v "$chosen") || { echo "make venv: PYTHON=$chosen is not a command" >&2; exit 2; }
 if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$(cat "$STAMP")" = "$python" ]; then
     exit 0
 fi
