@@ -272,18 +272,26 @@ def _drop_strays(package: str, where: str) -> None:
             os.remove(os.path.join(where, name))
 
 
+def _train_main(args: list[str]) -> int:
+    """``--train RUNS``: the child of :func:`_train_in_child`."""
+    if len(args) != 1 or not args[0].isdigit():
+        print(f"blockfuzz_fast: --train takes a number of runs, got {' '.join(args)!r}",
+              file=sys.stderr)
+        return 2
+    import reference.machine  # noqa: F401  (what active() looks at)
+    if not active():
+        print("blockfuzz_fast: the instrumented modules did not load", file=sys.stderr)
+        return 2
+    print(f"trained on {train(int(args[0]))} runs")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m blockfuzz_fast [--no-pgo]`` (``make fast``): compile, or say in one
     line why not. ``--train RUNS`` is the profile-guided build's child (:func:`train`)."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--train"]:
-        if not active():
-            import reference.machine  # noqa: F401  (what active() looks at)
-        if not active():
-            print("blockfuzz_fast: the instrumented modules did not load", file=sys.stderr)
-            return 2
-        print(f"trained on {train(int(argv[1]))} runs")
-        return 0
+        return _train_main(argv[1:])
     if argv not in ([], ["--no-pgo"]):
         print(f"blockfuzz_fast: unknown arguments {' '.join(argv)!r}: the only option is "
               "--no-pgo", file=sys.stderr)

@@ -65,12 +65,29 @@ def test_the_compiled_model_makes_the_same_runs_as_the_sources(tmp_path, monkeyp
     built = str(tmp_path / "fast")
     monkeypatch.setenv("BLOCKFUZZ_FAST_DIR", built)
     assert blockfuzz_fast.main([]) == 0
-    how = "profile-guided" if blockfuzz_fast.compiler_is_gcc() else "without profile"
+    pgo = blockfuzz_fast.compiler_is_gcc()
+    how = "profile-guided" if pgo else "without profile"
     assert capsys.readouterr().out == f"compiled 19 modules into {built} ({how})\n"
+    if "-g" in (sysconfig.get_config_var("CFLAGS") or "").split():
+        # the compiler's options, as gcc records them with the debug information: the
+        # kept build used the counts and has none of its own (once it was still the
+        # instrumented build, Cython having carried that build's flags over)
+        for so in sorted(tmp_path.glob("fast/**/*.so")):
+            options = _compiler_options(so)
+            assert ("-fprofile-use" in options) == pgo, so.name
+            assert "-fprofile-generate" not in options, so.name
     compiled = digest_run({"BLOCKFUZZ_FAST_DIR": built}, 400)
     pure = digest_run({"BLOCKFUZZ_FAST_DIR": built, "BLOCKFUZZ_PURE": "1"}, 400)
     assert compiled[0] == "compiled (Cython)" and pure[0] == "pure Python"
     assert compiled[1] == pure[1]
+
+
+def _compiler_options(so) -> str:
+    """The command-line options gcc wrote into ``so``'s debug information."""
+    import re
+    found = re.search(rb"GNU C[0-9]* [0-9.]+ ([^\0]*)", so.read_bytes())
+    assert found, f"{so.name}: no compiler options recorded"
+    return found.group(1).decode()
 
 
 def manifest(tmp_path, package: str, text: str) -> str:
@@ -294,6 +311,12 @@ def test_no_pgo_compiles_once_and_marks_it_current(tmp_path, monkeypatch, capsys
     assert sorted(p.parent.name for p in out.rglob(blockfuzz_fast.MANIFEST)) == [
         "backends", "harness", "reference"]
     assert capsys.readouterr().out == f"compiled 19 modules into {out} (without profile)\n"
+
+
+def test_train_without_a_number_of_runs_is_one_line_and_exit_2(capsys):
+    assert blockfuzz_fast.main(["--train", "many"]) == 2
+    assert capsys.readouterr().err == ("blockfuzz_fast: --train takes a number of runs, "
+                                       "got 'many'\n")
 
 
 def test_unknown_arguments_are_one_line_and_exit_2(capsys):

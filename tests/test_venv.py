@@ -51,9 +51,13 @@ def test_a_venv_of_the_chosen_interpreter_newer_than_pyproject_is_left_alone(tmp
 
 
 def test_python_names_the_interpreter_and_wins(tmp_path):
-    python = shutil.which("python3")
-    script = scratch(tmp_path, python)
-    done = run(script, "python3")
+    """A venv of the interpreter ``PYTHON`` names is current, though the rule alone
+    would never pick that path (a link of the scratch tree's own)."""
+    own = tmp_path / "bin" / "python3-mine"
+    own.parent.mkdir()
+    own.symlink_to(shutil.which("python3"))
+    script = scratch(tmp_path, str(own))
+    done = run(script, str(own))
     assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
 
 
