@@ -12,6 +12,6 @@ cdef class RandomSource(ChoiceSource):
     cdef public object seed, rng, _bits
 
 cdef class PCTSource(ChoiceSource):
-    cdef public object thread_of, relevant, seed, rng
+    cdef public object seed, rng
     cdef public dict change_points, priorities
     cdef public Py_ssize_t depth, steps

@@ -94,7 +94,7 @@ class PCTSource(ChoiceSource):
     "timer:drive0", "io:node4", "bh:job_exit:node4", ...). The items of one
     job (its coroutine's timer and I/O, its ``job_exit`` bottom half) are one
     sequential activity, so the *thread* of a key is its last ``:``-separated
-    part, the job id (``thread_of``). Each thread gets a random priority the
+    part, the job id (:func:`job_thread`). Each thread gets a random priority the
     first time it is seen, and a decision always runs the offered item whose
     thread has the highest priority (the first such item: the oldest).
     ``depth - 1`` change points, drawn uniformly from the first
@@ -103,7 +103,7 @@ class PCTSource(ChoiceSource):
     ``1/(n * k**(d-1))`` per run, for ``n`` threads and ``k`` decisions
     (:func:`pct_bound`).
 
-    Only *graph-relevant* decisions count as PCT's steps (``relevant``): those
+    Only *graph-relevant* decisions count as PCT's steps (:func:`graph_relevant`): those
     that offer an item which changes the graph, a job's completion BH or the
     header write of ``bdrv_change_backing_file``. Every other decision follows
     the priorities without a chance of a change point, so ``k`` counts the
@@ -113,11 +113,8 @@ class PCTSource(ChoiceSource):
     Decisions without keys (the case generator's) are seeded random.
     """
 
-    def __init__(self, seed: int, depth: int = 2, n_steps_estimate: int = 10,
-                 thread_of=None, relevant=None) -> None:
+    def __init__(self, seed: int, depth: int = 2, n_steps_estimate: int = 10) -> None:
         super().__init__()
-        self.thread_of = thread_of or job_thread
-        self.relevant = relevant or graph_relevant
         if depth < 1 or n_steps_estimate < 1:
             raise ValueError("PCT needs depth >= 1 and n_steps_estimate >= 1")
         self.seed = seed
@@ -130,20 +127,37 @@ class PCTSource(ChoiceSource):
         self.steps = 0
 
     def _pick(self, n: int, label: str, keys: Sequence[Hashable] | None) -> int:
+        """The first offered item of the highest-priority thread; a thread seen for the
+        first time gets its priority here, in the order offered. One pass over the keys,
+        each key's thread and relevance looked up in :data:`_KEY_FACTS` (a scheduler
+        decision offers two to four items, and a pct run takes a few dozen)."""
         if keys is None:
             return self.rng.randrange(n)
-        threads = [self.thread_of(k) for k in keys]
-        for t in threads:
-            if t not in self.priorities:
+        priorities = self.priorities
+        threads = []
+        relevant = False
+        best = 0
+        top = -1.0
+        for i in range(len(keys)):
+            facts = _KEY_FACTS.get(keys[i])
+            if facts is None:
+                facts = _key_facts(keys[i])
+            thread = facts[0]
+            if facts[1]:
+                relevant = True
+            priority = priorities.get(thread)
+            if priority is None:
                 # initial priorities lie above every change-point priority
-                self.priorities[t] = self.depth + self.rng.random()
-        best = self._highest(threads)
-        if not self.relevant(keys):
+                priority = priorities[thread] = self.depth + self.rng.random()
+            if priority > top:
+                top, best = priority, i
+            threads.append(thread)
+        if not relevant:
             return best
         self.steps += 1
         low = self.change_points.get(self.steps)
         if low is not None:
-            self.priorities[threads[best]] = low
+            priorities[threads[best]] = low
             best = self._highest(threads)
         return best
 
@@ -285,6 +299,19 @@ GRAPH_ITEMS = ("bh:", "io:bdrv_")
 def graph_relevant(keys: Sequence[Hashable]) -> bool:
     """Whether a decision offers an item that changes the graph (PCT counts only those)."""
     return any(isinstance(k, str) and k.startswith(GRAPH_ITEMS) for k in keys)
+
+
+#: scheduler key -> (its thread, whether it changes the graph), as PCT reads them
+_KEY_FACTS: dict[Hashable, tuple[Hashable, bool]] = {}
+
+
+def _key_facts(key: Hashable) -> tuple[Hashable, bool]:
+    """:func:`job_thread` and :func:`graph_relevant` of one key, remembered (the keys are
+    names of jobs and nodes, a few dozen a campaign; the table starts again past 4,096)."""
+    if len(_KEY_FACTS) >= 4096:
+        _KEY_FACTS.clear()
+    facts = _KEY_FACTS[key] = (job_thread(key), graph_relevant((key,)))
+    return facts
 
 
 def pct_bound(threads: int, steps: int, depth: int) -> float:
