@@ -16,7 +16,7 @@ from typing import Generator
 from reference import drain
 from reference.errors import QMPError
 from reference.graph import (bdrv_append_filter, bdrv_drop_intermediate, bdrv_filter_or_cow_bs,
-                             bdrv_find_overlay, bdrv_freeze_backing_chain, bdrv_ref,
+                             bdrv_cow_bs, bdrv_find_overlay, bdrv_freeze_backing_chain, bdrv_ref,
                              bdrv_reopen_set_read_only, bdrv_replace_node, bdrv_skip_filters,
                              bdrv_unfreeze_backing_chain, bdrv_unref, bdrv_filter_child, chain)
 from reference.job import Job, SLICE_NS
@@ -32,10 +32,16 @@ class CommitJob(Job):
 
     def __init__(self, m, job_id: str, main_bs, **kw):
         self.commit_top_bs = None      # until the start function inserts it (holds() reads it)
+        self.unshared_read = []        # until the start function claims the nodes
         super().__init__(m, job_id, main_bs, **kw)
 
     def filter_bs(self):
         return self.commit_top_bs
+
+    def unshares_read(self, bs) -> bool:
+        """A node claimed above the filters on the base, while the claim lasts."""
+        return any(n is bs for n in self.unshared_read) and \
+            any(c.bs is bs and c.name == "intermediate node" for c in self.edges)
 
     def will_drop(self, bs) -> bool:
         """Its filter, and the nodes from top down to base (base kept)."""
@@ -138,10 +144,7 @@ def commit_start(m, job_id, bs, base, top, backing_file_str, *, speed, on_error,
         bdrv_unref(ct, "commit_start")   # owned by its new parents from here on
         job.commit_top_bs = ct
         job.base_overlay = bdrv_find_overlay(top, base)
-        it = top
-        while it is not None and it is not base:
-            job.add_bdrv("intermediate node", it)
-            it = bdrv_filter_or_cow_bs(it)
+        job.unshared_read = _claim_intermediate(job, top, base)
         bdrv_freeze_backing_chain(ct, base)
         job.chain_frozen = True
         job.add_bdrv("base", base)
@@ -175,10 +178,16 @@ class MirrorCommitJob(Job):
 
     def __init__(self, m, job_id: str, main_bs, **kw):
         self.mirror_top_bs = None      # until the start function inserts it (holds() reads it)
+        self.unshared_read = []        # until the start function claims the nodes
         super().__init__(m, job_id, main_bs, **kw)
 
     def filter_bs(self):
         return self.mirror_top_bs
+
+    def unshares_read(self, bs) -> bool:
+        """A node claimed above the filters on the base, while the claim lasts."""
+        return any(n is bs for n in self.unshared_read) and \
+            any(c.bs is bs and c.name == "intermediate node" for c in self.edges)
 
     def run(self) -> Generator:
         """mirror_run, in outline: copy the dirty ranges, become READY, keep copying
@@ -356,12 +365,28 @@ def commit_active_start(m, job_id, bs, base, *, speed, on_error, filter_node_nam
     job.target_blk = m.blk_new(base)
     job.add_bdrv("source", bs)
     job.add_bdrv("target", base)
-    it = bdrv_filter_or_cow_bs(bs)
-    while it is not None and it is not base:
-        job.add_bdrv("intermediate node", it)
-        it = bdrv_filter_or_cow_bs(it)
+    job.unshared_read = _claim_intermediate(job, bdrv_filter_or_cow_bs(bs), base)
     bdrv_freeze_backing_chain(mt, base)
     job.chain_frozen = True
     mt.mirror_job = job
     job.start()
     return job
+
+
+def _claim_intermediate(job: Job, top, base) -> list:
+    """block_job_add_bdrv("intermediate node") for each node from ``top`` down to
+    ``base`` (commit_start, and mirror_start_job for an active commit). A claim shares
+    writes only, except on the filters sitting on the base (from the base overlay's
+    backing down), where it shares 'consistent read' too. Returns the nodes whose
+    'consistent read' the job leaves unshared."""
+    filtered_base = bdrv_cow_bs(job.base_overlay) if job.base_overlay is not None else None
+    unshared = []
+    sharing = False
+    it = top
+    while it is not None and it is not base:
+        sharing = sharing or it is filtered_base
+        job.add_bdrv("intermediate node", it)
+        if not sharing:
+            unshared.append(it)
+        it = bdrv_filter_or_cow_bs(it)
+    return unshared

@@ -441,6 +441,8 @@ def bdrv_set_backing_hd(bs: BlockDriverState, backing: BlockDriverState | None,
             if backing is not None and _would_cycle(bs, backing):
                 raise QMPError(f"Making '{backing.node_name}' a backing child of "
                                f"'{bs.node_name}' would create a cycle")
+        if backing is not None:
+            _check_read_shared(bs, backing)
         # bdrv_set_file_or_backing_noperm: detach, attach, and only then (at the
         # transaction's commit) drop the old child's reference
         old = bdrv_remove_child(bs, c) if c is not None else None
@@ -451,6 +453,43 @@ def bdrv_set_backing_hd(bs: BlockDriverState, backing: BlockDriverState | None,
     finally:
         if drain_it:
             drain.bdrv_drained_end(bs)
+
+
+def _check_read_shared(bs, backing) -> None:
+    """bdrv_refresh_perms on the new backing edge, which fails the change (-EPERM) and
+    rolls it back: a format node's backing child takes 'consistent read' when the chain
+    above it is read (bdrv_default_perms_for_cow; a device reads), and a commit's
+    intermediate nodes do not share it (:meth:`Job.unshares_read`). A stream whose top
+    another job left read-write is accepted during a commit and fails here at its end."""
+    c: BdrvChild
+    for c in backing.parents:
+        job = c.parent_job
+        if job is not None and c.name == "intermediate node" and job.unshares_read(backing) \
+                and _read_by_device(bs):
+            raise QMPError(f"Permission conflict on node '{backing.node_name}': permissions "
+                           f"'consistent read' are both required by node '{bs.node_name}' (uses "
+                           f"node '{backing.node_name}' as 'backing' child) and unshared by "
+                           f"{job.job_type} job '{job.id}' (uses node '{backing.node_name}' as "
+                           f"'intermediate node' child).")
+
+
+def _read_by_device(bs) -> bool:
+    """Whether a device's BlockBackend reads ``bs`` through the node edges above it (a
+    job's own BlockBackends take no 'consistent read' on the nodes they sit on)."""
+    c: BdrvChild
+    seen = set()
+    todo = [bs]
+    while todo:
+        n = todo.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        for c in n.parents:
+            if c.parent_node is not None:
+                todo.append(c.parent_node)
+            elif c.parent_blk is not None and c.parent_blk.name:
+                return True
+    return False
 
 
 def _would_cycle(bs, new) -> bool:

@@ -138,6 +138,11 @@ class Job:
         """The filter node this job inserted, if any (each job type names its own)."""
         return None
 
+    def unshares_read(self, bs) -> bool:
+        """Whether this job's claim on ``bs`` leaves 'consistent read' unshared, so that
+        no new parent may read ``bs`` (a commit's intermediate nodes; a stream's share it)."""
+        return False
+
     def will_drop(self, bs) -> bool:
         """Whether this job's completion takes ``bs`` out of the graph (an intermediate
         commit's filter and the nodes it merges). Only asked of the nodes a stream can
