@@ -110,8 +110,10 @@ def run_case(case: Case, source: ChoiceSource | None = None, *,
         obs.finding = Finding(fault.kind, str(fault), fault.where, m.cmd_index)
     except Exception as exc:  # a bug in the model itself
         tb = traceback.extract_tb(exc.__traceback__)[-1]
-        obs.finding = Finding("crash", f"{type(exc).__name__}: {exc}",
-                              f"{tb.name}:{type(exc).__name__}", m.cmd_index)
+        # the function's own name: a compiled module reports it qualified
+        # ("reference.job.Job.resume"), so that the signature would depend on the build
+        where = f"{tb.name.rsplit('.', 1)[-1]}:{type(exc).__name__}"
+        obs.finding = Finding("crash", f"{type(exc).__name__}: {exc}", where, m.cmd_index)
     _observe(m, obs)
     if gap_steps:
         obs.extra["gap_idle"] = m.gap_idle
