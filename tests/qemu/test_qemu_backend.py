@@ -389,3 +389,24 @@ def test_a_process_serves_a_bounded_number_of_cases():
         first = one_each.pids()
         one_each.run(case([]))
         assert one_each.pids() != first and len(one_each.pids()) == 1
+
+
+def _environ(pid: int) -> dict[str, str]:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        pairs = [item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item]
+    return {k.decode(): v.decode() for k, v in pairs}
+
+
+@pytest.mark.parametrize("ours, theirs", [(None, "165"), ("0", "0"), ("42", "42")])
+def test_qemu_runs_with_freed_memory_perturbed_unless_told_otherwise(monkeypatch, ours, theirs):
+    """As qemu-iotests' check does: a use-after-free in QEMU then crashes it."""
+    from harness.backends.qemu import QemuRunner
+
+    if ours is None:
+        monkeypatch.delenv("MALLOC_PERTURB_", raising=False)
+    else:
+        monkeypatch.setenv("MALLOC_PERTURB_", ours)
+    with QemuRunner() as r:
+        r.run(case([]))
+        (pid,) = r.pids()
+        assert _environ(pid)["MALLOC_PERTURB_"] == theirs
