@@ -552,7 +552,7 @@ def test_known_signatures_are_counted_but_never_reported(tmp_path):
     known = known_signatures("corpus/known")
     assert known == {"hang@a guest write on a drained device", "use-after-free@commit_abort",
                      "wrong-backing@backing:node-skipped", "use-after-free@bdrv_filter_or_cow_bs",
-                     "crash@resume:AssertionError"}
+                     "crash@resume:AssertionError", "wrong-backing@backing:header-after-failed-stream"}
     c = Campaign(Config(known=known))
     case = case_mod.load("corpus/known/guest-write-waits-for-pending-active-commit.json")
     c.found(case, Outcome("hang", "a guest write on a drained device", "no progress"))
