@@ -32,16 +32,10 @@ class CommitJob(Job):
 
     def __init__(self, m, job_id: str, main_bs, **kw):
         self.commit_top_bs = None      # until the start function inserts it (holds() reads it)
-        self.unshared_read = []        # until the start function claims the nodes
         super().__init__(m, job_id, main_bs, **kw)
 
     def filter_bs(self):
         return self.commit_top_bs
-
-    def unshares_read(self, bs) -> bool:
-        """A node claimed above the filters on the base, while the claim lasts."""
-        return any(n is bs for n in self.unshared_read) and \
-            any(c.bs is bs and c.name == "intermediate node" for c in self.edges)
 
     def will_drop(self, bs) -> bool:
         """Its filter, and the nodes from top down to base (base kept)."""
@@ -178,16 +172,10 @@ class MirrorCommitJob(Job):
 
     def __init__(self, m, job_id: str, main_bs, **kw):
         self.mirror_top_bs = None      # until the start function inserts it (holds() reads it)
-        self.unshared_read = []        # until the start function claims the nodes
         super().__init__(m, job_id, main_bs, **kw)
 
     def filter_bs(self):
         return self.mirror_top_bs
-
-    def unshares_read(self, bs) -> bool:
-        """A node claimed above the filters on the base, while the claim lasts."""
-        return any(n is bs for n in self.unshared_read) and \
-            any(c.bs is bs and c.name == "intermediate node" for c in self.edges)
 
     def run(self) -> Generator:
         """mirror_run, in outline: copy the dirty ranges, become READY, keep copying

@@ -464,8 +464,7 @@ def _check_read_shared(bs, backing) -> None:
     c: BdrvChild
     for c in backing.parents:
         job = c.parent_job
-        if job is not None and c.name == "intermediate node" and job.unshares_read(backing) \
-                and _read_by_device(bs):
+        if job is not None and job.unshares_read(backing) and _read_by_device(bs):
             raise QMPError(f"Permission conflict on node '{backing.node_name}': permissions "
                            f"'consistent read' are both required by node '{bs.node_name}' (uses "
                            f"node '{backing.node_name}' as 'backing' child) and unshared by "

@@ -12,7 +12,7 @@ cdef class Job:
     cdef public object on_error, speed, offset, len, blocker, main_bs
     cdef public Timer sleep_timer
     cdef public Coroutine co
-    cdef public list edges
+    cdef public list edges, unshared_read
     cdef public object slice_quota, slice_start, slice_end, dispatched
     cdef public Py_ssize_t pause_count, in_flight
 

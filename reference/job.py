@@ -82,6 +82,9 @@ class Job:
         self.co: Coroutine | None = None
         self.sleep_timer = None
         self.edges = []
+        #: the claimed nodes whose 'consistent read' this job leaves unshared, while it
+        #: holds them (a commit's intermediate nodes: :func:`reference.commit._claim_intermediate`)
+        self.unshared_read = []
         self.blocker = f"block device is in use by block job: {self.job_type}"
         self.main_bs = main_bs
         self.slice_quota = 0.0
@@ -141,7 +144,7 @@ class Job:
     def unshares_read(self, bs) -> bool:
         """Whether this job's claim on ``bs`` leaves 'consistent read' unshared, so that
         no new parent may read ``bs`` (a commit's intermediate nodes; a stream's share it)."""
-        return False
+        return any(n is bs for n in self.unshared_read)
 
     def will_drop(self, bs) -> bool:
         """Whether this job's completion takes ``bs`` out of the graph (an intermediate
@@ -152,6 +155,7 @@ class Job:
     def remove_all_bdrv(self) -> None:
         """block_job_remove_all_bdrv: drop every registered node (they may be freed)."""
         edges, self.edges = self.edges, []
+        self.unshared_read = []
         for c in edges:
             bdrv_op_unblock_all(c.bs, self.blocker)
             bdrv_unref_child(self, c)

@@ -107,6 +107,7 @@ class Machine:
             job.co = None               # the coroutine's callbacks are the job's
             job.sleep_timer = None      # so is the timer's
             job.edges = []
+            job.unshared_read = []
         self.jobs = {}
         self.completing = []
         aio = self.aio

@@ -82,6 +82,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=0,
                    help="seconds as CPU time, the best of N runs of each campaign")
     args = p.parse_args()
+    if args.repeat < 0 or args.seeds < 1 or args.max_runs < 1:
+        p.error("--repeat must be >= 0, --seeds and --max-runs >= 1")
     result = measure(args.engine, range(args.first, args.first + args.seeds), args.max_runs,
                      args.signature, args.repeat)
     against = json.load(open(args.against)) if args.against else None

@@ -289,3 +289,24 @@ def test_a_throttled_job_woken_by_a_drain_goes_on_as_if_it_had_slept(job_kind):
     while m.aio.aio_poll(blocking=False):
         pass
     assert job.offset == 1048576 and job.status == "null"
+
+
+def test_a_commit_leaves_consistent_read_unshared_above_the_filters_on_its_base():
+    """commit_start's claims: the intermediate nodes share writes only, the filters on
+    the base share 'consistent read' too. A backing edge to an unshared node is refused
+    while the claim lasts (QEMU: Permission conflict, the graph unchanged)."""
+    from reference.commit import commit_start
+    from reference.graph import bdrv_append_filter
+    m = machine_with_chain(4)
+    n0, n1, n2, n3 = (m.named_nodes[f"n{i}"] for i in range(4))
+    f = bdrv_append_filter(m, "copy-on-read", "f", n1, implicit=False)   # n3 > n2 > f > n1 > n0
+    job = commit_start(m, "c", n3, n1, n2, None, speed=0, on_error="report",
+                       filter_node_name=None, auto_finalize=True, auto_dismiss=True)
+    assert [job.unshares_read(bs) for bs in (n2, f, n1, n0)] == [True, False, False, False]
+    with pytest.raises(QMPError) as e:
+        bdrv_set_backing_hd(n3, n2)
+    assert e.value.desc.startswith("Permission conflict on node 'n2': permissions 'consistent read' "
+                                   "are both required by node 'n3'")
+    assert n3.backing.bs is job.commit_top_bs
+    job.remove_all_bdrv()
+    assert not job.unshares_read(n2)
