@@ -198,16 +198,18 @@ class MirrorCommitJob(Job):
             # nothing dirty at the start of an iteration: converged
             self.offset = self.len
             if self.status == "running":
-                yield from self.io()          # mirror_flush of the target first
-                if self.dirty or self.cancelled:
-                    continue
+                # mirror_flush of the target, then READY: QEMU 7.2 does not look again
+                # at what came in during the flush, a cancel (forced: the job was not
+                # ready) or a guest write
+                yield from self.io()
                 self.transition("ready")
                 self.m.event("BLOCK_JOB_READY", {"type": "commit", "device": self.id,
                                                  "len": self.len, "offset": self.offset,
                                                  "speed": self.speed})
-            if self.should_complete and not self.cancelled:
-                # mirror_run: converged and asked to complete: drain the source and
-                # keep it drained until the pivot (guest writes wait in the device)
+            if (self.should_complete or self.cancelled) and not self.dirty:
+                # mirror_run: converged and asked to complete or to cancel
+                # (job_cancel_requested): drain the source and keep it drained until
+                # the graph change (guest writes wait in the device)
                 self.in_drain = True
                 drain.bdrv_drained_begin(self.src_bs)
                 if self.dirty:
@@ -215,10 +217,13 @@ class MirrorCommitJob(Job):
                     self.in_drain = False
                     continue
                 self.src_drained = True
-                break
-            if self.cancelled:
-                break
-            delay = SLICE_NS
+                return 0
+            # ready and not asked to finish: a slice's sleep when nothing is dirty
+            delay = 0 if self.dirty else SLICE_NS
+        # immediate_exit (force-cancelled): need_drain, the source drained all the same
+        self.in_drain = True
+        drain.bdrv_drained_begin(self.src_bs)
+        self.src_drained = True
         return 0
 
     def _iteration(self) -> Generator:
