@@ -1,8 +1,10 @@
 """``blockfuzz fuzz --backend qemu`` and ``blockfuzz fuzz --differential``.
 
-Cases come from the one grammar (:mod:`harness.generate`) with seeded random
-choices; on QEMU the schedule is QEMU's own, so only the generation is
-random. ``--backend qemu`` judges each run with the oracle; ``--differential``
+Cases come from the one grammar (:mod:`harness.generate`): with ``--engine random``
+its seeded random choices; with ``--engine pct`` only the cases whose run on the fixed
+model, in a pct campaign there, reached a scenario cell (or pair of cells) that few
+recent runs reached (:func:`directed_case_stream`). On QEMU the schedule is QEMU's
+own, so only the generation is chosen. ``--backend qemu`` judges each run with the oracle; ``--differential``
 runs each case on the fixed model (several schedules) and on QEMU and keeps
 every disagreement as a ``qemu-mismatch`` (and every QEMU crash as
 ``qemu-crash``). Findings go through the same store as model findings:
@@ -29,9 +31,14 @@ from harness.case import Case
 from harness.choices import RandomSource
 from harness.corpus import FindingStore, Outcome, judge
 from harness.errors import UsageError
+from harness.learning import RecentShares
 
 BATCH = 16                 # cases generated ahead for the worker pool
 SEED_STRIDE = 1_000_003    # campaign seed S draws case i from RandomSource(S * stride + i)
+#: --engine pct: a model run's case goes to QEMU when its rarest cell or pair of cells was
+#: reached by fewer than this share of recent model runs (about one run in a hundred)
+DIRECTED_RARE = 0.005
+ENGINES = ("random", "pct")
 
 
 @dataclass
@@ -59,9 +66,10 @@ class Tally:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if args.engine != "random":
-        raise UsageError("--backend qemu and --differential draw cases with --engine random: "
-                         "on QEMU the schedule is QEMU's own")
+    if args.engine not in ENGINES:
+        raise UsageError("--backend qemu and --differential draw cases with --engine random or "
+                         "--engine pct (the cases a pct campaign on the model found rare): on QEMU "
+                         "the schedule is QEMU's own")
     if args.bugs:
         raise UsageError("--bugs cannot be put back into real QEMU; drop --bugs "
                          "(--differential compares QEMU with the fixed model)")
@@ -69,10 +77,40 @@ def check_args(args: argparse.Namespace) -> None:
         qemu_binaries.use_build(args.qemu_build)
 
 
-def case_stream(seed: int):
+def case_stream(seed: int, engine: str = "random"):
+    if engine == "pct":
+        yield from directed_case_stream(seed)
+        return
     from harness.generate import generate
     for i in itertools.count():
         yield generate(RandomSource(seed * SEED_STRIDE + i))
+
+
+def directed_case_stream(seed: int, rare: float = DIRECTED_RARE, depth: int = 3):
+    """The cases of a pct campaign on the fixed model (its learned grammar and PCT
+    schedules, as :func:`harness.campaign.run_pct` without focus) whose run reached a
+    scenario cell or pair of cells that fewer than ``rare`` of the recent model runs
+    reached: "a node was freed during a drain", "stream_prepare's base is a node a
+    pending commit will drop", ... Uniform cases reach those rarely, and they are where
+    QEMU's drains and completions interleave. A model run takes about half a millisecond
+    and a QEMU run over a hundred, so the model picks which cases QEMU's time goes to. Each case keeps the
+    model schedule that reached the cell, so the differential's model side tries it
+    first. Deterministic for a ``seed``."""
+    from harness.campaign import PCT_FIRST_ESTIMATE, run_seed, scenarios
+    from harness.generate import run_generated
+    from harness.learning import GrammarModel, LearnedPCTSource
+
+    grammar, recent, steps = GrammarModel(), RecentShares(), PCT_FIRST_ESTIMATE
+    for index in itertools.count():
+        source = LearnedPCTSource(run_seed(seed, index), 1 + index % depth, steps, grammar)
+        case, observation, _ = run_generated(source)
+        steps = max(steps, source.steps)
+        features = scenarios(observation.extra.get("cells", ()))
+        recent.add(features)
+        share = recent.rarest(features)
+        grammar.learn(source.generated, share)
+        if share is not None and share < rare:
+            yield case
 
 
 def qemu_outcome(case: Case, runner) -> Outcome:
@@ -147,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
     known = known_signatures(args.known, replay=store.replay)
     t = Tally()
     interrupted = False
-    stream = case_stream(args.seed)
+    stream = case_stream(args.seed, args.engine)
     live = Live(t.line(mode), console=console, transient=True) if console.is_terminal else None
     try:
         if live is not None:

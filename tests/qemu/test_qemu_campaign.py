@@ -26,6 +26,17 @@ def test_differential_campaign_counts_and_agrees(tmp_path, capsys):
                              in ("qemu-mismatch", "qemu-crash") for n in files)
 
 
+def test_directed_differential_campaign_runs_the_cases_the_model_found_rare(tmp_path, capsys):
+    """--engine pct: the cases go to QEMU from a pct campaign on the model, and the
+    campaign reports on them as on random ones."""
+    main(["fuzz", "--differential", "--engine", "pct", "--runs", "4", "--seed", "5",
+          "--model-seeds", "2", "--findings", str(tmp_path / "f"),
+          "--known", "corpus/known", "--known", "docs/qemu-7.2-findings"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("done: differential: 4 cases")
+    assert out[1].startswith("agreement: ") and "/4 cases agree with the model" in out[1]
+
+
 def test_qemu_backend_campaign_judges_with_the_oracle(tmp_path, capsys):
     main(["fuzz", "--backend", "qemu", "--runs", "5", "--findings", str(tmp_path / "f")])
     out = capsys.readouterr().out.splitlines()
@@ -33,7 +44,7 @@ def test_qemu_backend_campaign_judges_with_the_oracle(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv,text", [
-    (["--engine", "pct"], "draw cases with --engine random"),
+    (["--engine", "hypothesis"], "draw cases with --engine random or --engine pct"),
     (["--bugs", "stream-prepare-no-drain"], "--bugs cannot be put back into real QEMU"),
 ])
 def test_qemu_campaign_usage_errors(argv, text, capsys):
@@ -48,7 +59,7 @@ def test_known_qemu_crashes_are_counted_not_reported(tmp_path, monkeypatch, caps
     from harness import qemu_campaign
     from harness.case import load
     case = load("docs/qemu-7.2-findings/qemu-segv-query-after-concluded-stream.json")
-    monkeypatch.setattr(qemu_campaign, "case_stream", lambda seed: itertools.repeat(case))
+    monkeypatch.setattr(qemu_campaign, "case_stream", lambda seed, engine: itertools.repeat(case))
     argv = ["fuzz", "--differential", "--runs", "2", "--model-seeds", "2"]
 
     assert main([*argv, "--findings", str(tmp_path / "new")]) == 1
