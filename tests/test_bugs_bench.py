@@ -116,3 +116,22 @@ def test_ttff_script_repeat_times_the_same_campaigns_in_cpu_time(tmp_path):
     for form, result in best.items():
         assert result["runs"] == once[form]["runs"] and result["missed"] == 0
         assert 0 < result["seconds"][0] < 60
+
+
+def test_ttff_cpu_seconds_count_a_child_process():
+    """atheris's campaign runs in a libFuzzer process of its own: the CPU time that
+    ``--repeat`` takes counts the children the script waited for, which
+    ``time.process_time`` leaves out."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    import time
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("ttff", os.path.join(repo, "scripts", "ttff.py"))
+    ttff = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ttff)
+    cpu0, own0 = ttff.cpu_seconds(), time.process_time()
+    subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"], check=True)
+    child = (ttff.cpu_seconds() - cpu0) - (time.process_time() - own0)
+    assert child > 0.01
