@@ -4,8 +4,8 @@ Cases come from the one grammar (:mod:`harness.generate`): with ``--engine rando
 its seeded random choices; with ``--engine pct`` only the cases whose run on the fixed
 model, in a pct campaign there, reached a scenario cell (or pair of cells) that few
 recent runs reached (:func:`directed_case_stream`). On QEMU the schedule is QEMU's
-own, so only the generation is chosen. ``--backend qemu`` judges each run with the oracle; ``--differential``
-runs each case on the fixed model (several schedules) and on QEMU and keeps
+own, so only the generation is chosen. ``--backend qemu`` judges each run with the
+oracle; ``--differential`` runs each case on the fixed model (several schedules) and on QEMU and keeps
 every disagreement as a ``qemu-mismatch`` (and every QEMU crash as
 ``qemu-crash``). Findings go through the same store as model findings:
 written atomically, deduplicated by signature, replayed twice (on QEMU) before
@@ -38,7 +38,7 @@ SEED_STRIDE = 1_000_003    # campaign seed S draws case i from RandomSource(S * 
 #: --engine pct: a model run's case goes to QEMU when its rarest cell or pair of cells was
 #: reached by fewer than this share of recent model runs (about one run in a hundred)
 DIRECTED_RARE = 0.005
-ENGINES = ("random", "pct")
+QEMU_ENGINES = ("random", "pct")    # where --backend qemu and --differential draw cases
 
 
 @dataclass
@@ -66,7 +66,7 @@ class Tally:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if args.engine not in ENGINES:
+    if args.engine not in QEMU_ENGINES:
         raise UsageError("--backend qemu and --differential draw cases with --engine random or "
                          "--engine pct (the cases a pct campaign on the model found rare): on QEMU "
                          "the schedule is QEMU's own")
@@ -92,25 +92,30 @@ def directed_case_stream(seed: int, rare: float = DIRECTED_RARE, depth: int = 3)
     scenario cell or pair of cells that fewer than ``rare`` of the recent model runs
     reached: "a node was freed during a drain", "stream_prepare's base is a node a
     pending commit will drop", ... Uniform cases reach those rarely, and they are where
-    QEMU's drains and completions interleave. A model run takes about half a millisecond
-    and a QEMU run over a hundred, so the model picks which cases QEMU's time goes to. Each case keeps the
-    model schedule that reached the cell, so the differential's model side tries it
-    first. Deterministic for a ``seed``."""
+    QEMU's drains and completions interleave. A model run takes about half a
+    millisecond and a QEMU run over a hundred, so the model picks which cases QEMU's
+    time goes to. Each case keeps the model schedule that reached the cell, so the
+    differential's model side tries it first. The model's runs are not judged: only
+    their cells count here. Deterministic for a ``seed``."""
+    from harness.backends.reference import run_case
     from harness.campaign import PCT_FIRST_ESTIMATE, run_seed, scenarios
-    from harness.generate import run_generated
+    from harness.generate import generate_with_spans
     from harness.learning import GrammarModel, LearnedPCTSource
 
-    grammar, recent, steps = GrammarModel(), RecentShares(), PCT_FIRST_ESTIMATE
+    grammar, recent, steps = GrammarModel(), RecentShares(), 0
     for index in itertools.count():
-        source = LearnedPCTSource(run_seed(seed, index), 1 + index % depth, steps, grammar)
-        case, observation, _ = run_generated(source)
+        # PCT's step estimate as run_pct's: the most steps a run took so far
+        estimate = max(steps, 1) if index else PCT_FIRST_ESTIMATE
+        source = LearnedPCTSource(run_seed(seed, index), 1 + index % depth, estimate, grammar)
+        generated = generate_with_spans(source)
+        observation = run_case(generated.case, source)
         steps = max(steps, source.steps)
         features = scenarios(observation.extra.get("cells", ()))
         recent.add(features)
         share = recent.rarest(features)
         grammar.learn(source.generated, share)
         if share is not None and share < rare:
-            yield case
+            yield generated.case.with_schedule({"choices": source.recorded[generated.choices_used:]})
 
 
 def qemu_outcome(case: Case, runner) -> Outcome:

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from statistics import mean, median
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this tree's harness
