@@ -26,15 +26,25 @@ def test_differential_campaign_counts_and_agrees(tmp_path, capsys):
                              in ("qemu-mismatch", "qemu-crash") for n in files)
 
 
-def test_directed_differential_campaign_runs_the_cases_the_model_found_rare(tmp_path, capsys):
+def test_directed_differential_campaign_runs_the_cases_the_model_found_rare(tmp_path, capsys,
+                                                                            monkeypatch):
     """--engine pct: the cases go to QEMU from a pct campaign on the model, and the
     campaign reports on them as on random ones."""
+    from harness import qemu_campaign
+    drawn = []
+
+    def stream(seed, engine):
+        for case in qemu_campaign.directed_case_stream(seed):
+            drawn.append((engine, case))
+            yield case
+    monkeypatch.setattr(qemu_campaign, "case_stream", stream)
     main(["fuzz", "--differential", "--engine", "pct", "--runs", "4", "--seed", "5",
           "--model-seeds", "2", "--findings", str(tmp_path / "f"),
           "--known", "corpus/known", "--known", "docs/qemu-7.2-findings"])
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("done: differential: 4 cases")
     assert out[1].startswith("agreement: ") and "/4 cases agree with the model" in out[1]
+    assert [engine for engine, _ in drawn] == ["pct"] * 4
 
 
 def test_qemu_backend_campaign_judges_with_the_oracle(tmp_path, capsys):
