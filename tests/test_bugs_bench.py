@@ -135,3 +135,18 @@ def test_ttff_cpu_seconds_count_a_child_process():
     subprocess.run([sys.executable, "-c", "sum(i * i for i in range(3_000_000))"], check=True)
     child = (ttff.cpu_seconds() - cpu0) - (time.process_time() - own0)
     assert child > 0.01
+
+
+def test_ttff_cpu_seconds_resolve_a_millisecond():
+    """A pct campaign takes 10-30 ms of CPU: ``--repeat`` must not count in 10 ms
+    clock ticks."""
+    import importlib.util
+    import os
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("ttff", os.path.join(repo, "scripts", "ttff.py"))
+    ttff = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ttff)
+    t0 = ttff.cpu_seconds()
+    while (elapsed := ttff.cpu_seconds() - t0) == 0:
+        pass
+    assert elapsed < 0.001
