@@ -558,7 +558,7 @@ def bdrv_append_filter(m: "Machine", drv: str, name: str | None, bs: BlockDriver
     node_name = name if name else m.auto_node_name()
     if name and name in m.named_nodes:
         raise QMPError(f"Duplicate nodes with node-name='{name}'")
-    f = BlockDriverState(m, node_name, drv, implicit=not name)
+    f = BlockDriverState(m, node_name, drv, implicit=implicit)
     f.read_only = bs.read_only
     m.named_nodes[node_name] = f
     bdrv_attach_child(f, bs, FILTER_CHILD[drv])

@@ -239,10 +239,14 @@ def _insert_cor(m, bs, bottom, filter_node_name):
     """bdrv_insert_node with driver copy-on-read: the filter freezes its chain down to
     ``bottom`` (cor_open) and holds a reference on it."""
     try:
-        cor = bdrv_append_filter(m, "copy-on-read", filter_node_name, bs,
-                                 implicit=not filter_node_name)
+        cor = bdrv_append_filter(m, "copy-on-read", filter_node_name, bs, implicit=False)
     except QMPError as e:        # bdrv_insert_node prefixes the open error
         raise QMPError(f"Could not create node: {e.desc}") from None
+    # 7.2's stream_start marks the filter implicit only once bdrv_insert_node has
+    # returned: the refresh as it became the overlay's backing (bdrv_backing_attach)
+    # gave it a json: filename of its own, not its child's, and the overlay's header
+    # no longer names its backing node (bdrv_backing_overridden) until a refresh
+    cor.implicit = not filter_node_name
     try:
         bdrv_freeze_backing_chain(cor, bottom)
     except QMPError:

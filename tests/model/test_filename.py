@@ -83,6 +83,25 @@ def test_an_implicit_filter_takes_its_childs_filename():
     assert m.images["node7.qcow2"].header_backing == "node6.qcow2"
 
 
+def test_an_unnamed_stream_filter_is_named_by_json_until_a_refresh():
+    """7.2's stream_start marks its copy-on-read filter implicit only after
+    bdrv_insert_node: the refresh as it became node6's backing gave it a json:
+    filename of its own, so node6's header no longer names its backing node
+    until a refresh copies the child's name
+    (corpus/regressions/qemu-fidelity-unnamed-stream-filter-named-by-json-at-insertion.json;
+    QEMU 7.2's lookups by filename follow)."""
+    m = machine()
+    pending_stream_of_node5(m)
+    node6 = m.named_nodes["node6"]
+    cor = node6.backing.bs
+    assert cor.implicit
+    assert cor.filename == ('json:{"driver": "copy-on-read", "file": {"driver": "qcow2", "file": '
+                            '{"driver": "file", "filename": "node5.qcow2"}}}')
+    assert bdrv_backing_overridden(node6)
+    bdrv_refresh_filename(node6)
+    assert cor.filename == "node5.qcow2" and not bdrv_backing_overridden(node6)
+
+
 def test_a_named_commit_top_is_named_after_its_backing():
     m = machine()
     ok(m, "block-commit", device="drive0", top_node="node5", base_node="node3",
