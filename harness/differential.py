@@ -331,7 +331,8 @@ def search_long_gaps(case: Case, qemu: Observation, run_gapped: Callable[..., Ob
                      note: str = "") -> tuple[tuple[str, Observation] | None, int]:
     """One gap of an exact length past the three steps a ``between`` choice names short
     of running idle (4 to ``longest`` steps, and no longer than the loop has work), at
-    each position, with no other gap or one short one; the other decisions random with
+    each position, with no other gap, one short one, or the loop idle at every later
+    gap or every other one (:func:`_idle_around`); the other decisions random with
     each of ``seeds``. QEMU's main loop runs all that is ready in one iteration, so
     between two pipelined commands it may stop anywhere in a job's run: after its
     coroutine returned and before the completion it scheduled, say. Returns the first
@@ -342,6 +343,7 @@ def search_long_gaps(case: Case, qemu: Observation, run_gapped: Callable[..., Ob
     tried = 0
     for p in positions:
         shorts = [{}] + [{o: n} for o in positions if o != p for n in range(1, BETWEEN)]
+        shorts += _idle_around(positions, p, shorts)
         for short, seed in itertools.product(shorts, range(seeds)):
             for steps in range(BETWEEN - 1, longest + 1):
                 obs = run_gapped(case, seed, short, gap_steps={p: steps})
@@ -353,6 +355,19 @@ def search_long_gaps(case: Case, qemu: Observation, run_gapped: Callable[..., Ob
                 if obs.extra.get("gap_idle"):
                     break
     return None, tried
+
+
+def _idle_around(positions: range, p: int, shorts: list[dict[int, int]]) -> list[dict[int, int]]:
+    """Beside an exact gap at ``p``: the loop idle at every later gap, then at every
+    other gap. On a busy machine QEMU's client is slow, its main loop runs all that is
+    ready between any two commands, and one gap ends somewhere inside a job's run."""
+    from harness.backends.reference import BETWEEN
+    out = []
+    for idle in ({o: BETWEEN - 1 for o in positions if o > p},
+                 {o: BETWEEN - 1 for o in positions if o != p}):
+        if idle and idle not in shorts and idle not in out:
+            out.append(idle)
+    return out
 
 
 def unthrottled(case: Case, qemu: Observation) -> dict[int, list[str]]:

@@ -540,3 +540,29 @@ def test_the_long_gap_search_reaches_qemus_replies_the_choices_cannot():
     assert found[1].replies == ON_QEMU and tried == len(calls)
     # each position's lengths stop where the loop went idle, well short of LONG_GAP
     assert calls[0] == {0: 4} and max(steps[0] for steps in calls if 0 in steps) < 20
+
+
+EXACT_GAP_THEN_IDLE = os.path.join(REPO, "corpus", "regressions", "qemu-timing-exact-gap-then-idle-loop.json")
+
+
+def test_the_long_gap_search_lets_the_loop_run_idle_at_the_later_gaps():
+    """QEMU on a busy machine: the commit's cancel 5 loop steps after its start (during
+    its flush: ready, then aborting), and the loop idle before the last two commands (all
+    of node1's and job3's streams run). One exact gap with one short one cannot give it."""
+    from harness.case import load
+    from harness.differential import gapped_model
+    case = load(EXACT_GAP_THEN_IDLE)
+    done = ["created", "running", "waiting", "pending", "concluded", "null"]
+    qemu = Observation(job_statuses={"drive0": ["created", "running", "ready", "aborting", "concluded"],
+                                     "node1": done + done, "job3": done})
+    calls: list = []
+
+    def statuses_only(case, seed, gaps, gap_steps=None):
+        calls.append(gaps)
+        obs = gapped_model(case, seed, gaps, gap_steps=gap_steps)
+        return Observation(job_statuses=obs.job_statuses, extra={"gap_idle": obs.extra["gap_idle"]})
+    found, tried = search_long_gaps(case, qemu, statuses_only)
+    assert found is not None and found[0].startswith("back to back but exactly 5 steps before command 1, ")
+    assert found[1].job_statuses == qemu.job_statuses
+    assert calls[-1] == {o: 4 for o in range(1, 7)}      # idle at every gap after the first
+    assert all(len(gaps) <= 1 for gaps in calls[:-1] if gaps != calls[-1])
