@@ -1,0 +1,130 @@
+"""Which generated cases a change to the model affects, and which side QEMU 7.2 takes.
+
+The differential accepts a case when *some* schedule of the model gives QEMU's
+outcome, so a model change that only moves which replies a schedule gives can pass
+it either way. This script instead runs each generated case on the model as it is
+and on the model of another revision (``--against``, extracted with ``git archive``
+and run in a child process), keeps the cases whose replies differ, runs each on
+QEMU ``--qemu-runs`` times and compares QEMU's replies at exactly the commands where
+the two models differ::
+
+    python scripts/model_change_check.py --against HEAD~1 --cases 200000 [--seed 0]
+
+One line per affected case: how many QEMU runs gave the replies of the model now,
+of the other revision, or neither (a job's timing moved something else). The exit
+code is 1 when QEMU sided with the other revision more often than with this one in
+any case (those cases are written to ``--out``), 2 on bad arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+#: run in the child process, with the other revision's tree first on sys.path:
+#: one line of normalised replies per case read from stdin
+CHILD = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from harness.case import from_dict
+from harness.backends.reference import run_case
+from harness.differential import normalise
+for line in sys.stdin:
+    print(json.dumps(normalise(run_case(from_dict(json.loads(line))))["replies"]), flush=True)
+"""
+
+
+def other_revision_replies(revision: str, cases: list) -> list[list]:
+    """The normalised replies of ``revision``'s model, one list per case."""
+    with tempfile.TemporaryDirectory(prefix="blockfuzz-rev-") as tree:
+        archive = subprocess.run(["git", "-C", ROOT, "archive", "--format=tar", revision],
+                                 check=True, capture_output=True).stdout
+        with tarfile.open(fileobj=_bytes(archive)) as tar:
+            tar.extractall(tree)
+        env = dict(os.environ, BLOCKFUZZ_PURE="1")
+        text = "".join(json.dumps(case.to_dict()) + "\n" for case in cases)
+        out = subprocess.run([sys.executable, "-c", CHILD, tree], input=text, text=True,
+                             capture_output=True, check=True, env=env, cwd=tree).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def _bytes(data: bytes):
+    import io
+    return io.BytesIO(data)
+
+
+def affected(cases: list, theirs: list[list]) -> list[tuple[int, object, list, list, list[int]]]:
+    """(index, case, replies now, replies then, the commands where they differ)."""
+    from harness.backends.reference import run_case
+    from harness.differential import normalise
+    out = []
+    for i, (case, then) in enumerate(zip(cases, theirs)):
+        now = normalise(run_case(case))["replies"]
+        where = [k for k in range(max(len(now), len(then)))
+                 if (now[k] if k < len(now) else None) != (then[k] if k < len(then) else None)]
+        if where:
+            out.append((i, case, now, then, where))
+    return out
+
+
+def side(qemu: list, now: list, then: list, where: list[int]) -> str:
+    """Which model QEMU's replies match at ``where``: "now", "then" or "neither"."""
+    def at(replies):
+        return [replies[k] if k < len(replies) else None for k in where]
+    got = at(qemu)
+    return "now" if got == at(now) else "then" if got == at(then) else "neither"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--against", required=True, help="the git revision to compare with")
+    p.add_argument("--cases", type=int, default=20000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--qemu-runs", type=int, default=3)
+    p.add_argument("--out", default="model-change")
+    args = p.parse_args()
+    if args.cases < 1 or args.qemu_runs < 1:
+        p.error("--cases and --qemu-runs must be >= 1")
+    from harness.backends.qemu import QemuRunner
+    from harness.case import save
+    from harness.choices import RandomSource
+    from harness.differential import normalise
+    from harness.generate import generate
+    cases = [generate(RandomSource(args.seed + i)) for i in range(args.cases)]
+    try:
+        theirs = other_revision_replies(args.against, cases)
+    except subprocess.CalledProcessError as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        last = (err.strip().splitlines() or ["failed"])[-1]
+        print(f"model_change_check: --against {args.against}: {last}", file=sys.stderr)
+        return 2
+    found = affected(cases, theirs)
+    print(f"{len(found)} of {len(cases)} generated cases reply differently than at {args.against}")
+    totals = {"now": 0, "then": 0, "neither": 0}
+    worse = 0
+    with QemuRunner() as runner:
+        for i, case, now, then, where in found:
+            tally = {"now": 0, "then": 0, "neither": 0}
+            for _ in range(args.qemu_runs):
+                tally[side(normalise(runner.run(case))["replies"], now, then, where)] += 1
+            for k in totals:
+                totals[k] += tally[k]
+            print(f"case {args.seed + i}: commands {where}: QEMU as now {tally['now']}, "
+                  f"as {args.against} {tally['then']}, neither {tally['neither']}", flush=True)
+            if tally["then"] > tally["now"]:
+                worse += 1
+                save(case, os.path.join(args.out, f"case-{args.seed + i}.json"))
+    print(f"QEMU runs: as the model now {totals['now']}, as at {args.against} {totals['then']}, "
+          f"neither {totals['neither']}")
+    return 1 if worse else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""scripts/model_change_check.py: the cases a model change affects, by the model of
+another revision run beside this one."""
+import importlib.util
+import os
+import subprocess
+
+import pytest
+
+from harness.case import load
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: the last commit before the unnamed stream filter's filename fix
+BEFORE_FIX = "4fb4341"
+FIXED_CASE = os.path.join(REPO, "corpus", "regressions",
+                          "qemu-fidelity-unnamed-stream-filter-named-by-json-at-insertion.json")
+
+
+def script():
+    spec = importlib.util.spec_from_file_location(
+        "model_change_check", os.path.join(REPO, "scripts", "model_change_check.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def has_revision(revision: str) -> bool:
+    return subprocess.run(["git", "-C", REPO, "cat-file", "-e", revision + "^{commit}"],
+                          capture_output=True).returncode == 0
+
+
+def test_qemus_side_is_read_at_the_differing_commands_only():
+    side = script().side
+    now = ["ok", "busy", "ok"]
+    then = ["ok", "not found", "ok"]
+    assert side(["x", "busy", "y"], now, then, [1]) == "now"
+    assert side(["x", "not found"], now, then, [1]) == "then"
+    assert side(["ok", "gone", "ok"], now, then, [1]) == "neither"
+    assert side(["ok"], now, then, [1]) == "neither"          # QEMU stopped before it
+
+
+@pytest.mark.skipif(not has_revision(BEFORE_FIX), reason="a clone without the history")
+def test_the_other_revisions_model_runs_in_a_child_and_the_fix_shows_where_it_acts():
+    m = script()
+    case = load(FIXED_CASE)
+    theirs = m.other_revision_replies(BEFORE_FIX, [case])
+    found = m.affected([case], theirs)
+    assert [(i, where) for i, _, _, _, where in found] == [(0, [2])]
+    _, _, now, then, _ = found[0]
+    assert now[2] == {"error": {"class": "GenericError", "desc": "Can't find 'node3.qcow2' in the backing chain"}}
+    assert then[2]["error"]["desc"].startswith("Node '#block")
