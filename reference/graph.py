@@ -211,9 +211,11 @@ def _replace_child_noperm(c: BdrvChild, new: BlockDriverState | None, attaching:
         c.bs = new
         new.parents.insert(0, c)
         saldo += new.quiesce_counter - new_q
-        drain.child_attach(c)
+        # bdrv_child_cb_attach: bdrv_backing_attach (its filename refresh) comes before
+        # bdrv_apply_subtree_drain, whose poll may run a job below to its completion
         if _is_cow_child(c) and not new.m.opening:
             bdrv_refresh_filename(new)          # bdrv_backing_attach
+        drain.child_attach(c)
     while saldo < 0:
         drain.parent_drained_end_single(c)
         saldo += 1

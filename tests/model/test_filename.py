@@ -281,3 +281,20 @@ def test_every_run_of_a_case_counts_qemus_path_lengths_and_takes_the_schedules_o
         new_machine(plain, source, ()), new_machine(reads, source, ()),
         new_machine(plain, source, (), metadata_io=True))] == \
         [(CASE_PATH_PREFIX, False), (CASE_PATH_PREFIX, True), (CASE_PATH_PREFIX, True)]
+
+
+def test_a_backing_attach_refreshes_the_filename_before_the_drain_it_inherits_polls():
+    """bdrv_child_cb_attach in 7.2: bdrv_backing_attach's refresh, then
+    bdrv_apply_subtree_drain, whose poll here runs another stream to its completion;
+    the name taken for the overlay's header is the one from before that completion
+    (corpus/regressions/qemu-fidelity-backing-attach-refreshes-before-the-drain-polls.json)."""
+    import os
+
+    from harness.backends.reference import run_case
+    from harness.case import load
+    case = load(os.path.join(os.path.dirname(__file__), "..", "..", "corpus", "regressions",
+                             "qemu-fidelity-backing-attach-refreshes-before-the-drain-polls.json"))
+    obs = run_case(case)
+    assert obs.extra["on_disk_backing"]["node7.qcow2"] == "node6.qcow2"
+    assert obs.extra["on_disk_backing"]["node5.qcow2"] == "custom.qcow2"
+    assert obs.replies[6]["error"]["desc"] == "Cannot find device='' nor node-name='node3'"
