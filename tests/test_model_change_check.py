@@ -44,7 +44,24 @@ def test_the_other_revisions_model_runs_in_a_child_and_the_fix_shows_where_it_ac
     case = load(FIXED_CASE)
     theirs = m.other_revision_replies(BEFORE_FIX, [case])
     found = m.affected([case], theirs)
-    assert [(i, where) for i, _, _, _, where in found] == [(0, [2])]
+    assert [(i, where) for i, _, _, _, where in found] == [(0, [3])]      # command 2
     _, _, now, then, _ = found[0]
-    assert now[2] == {"error": {"class": "GenericError", "desc": "Can't find 'node3.qcow2' in the backing chain"}}
-    assert then[2]["error"]["desc"].startswith("Node '#block")
+    assert now[3] == {"error": {"class": "GenericError", "desc": "Can't find 'node3.qcow2' in the backing chain"}}
+    assert then[3]["error"]["desc"].startswith("Node '#block")
+    assert m.describe([0, 3]) == "the headers, command 2"
+
+
+#: the last commit before the backing attach's refresh came before its drain's poll
+BEFORE_ATTACH_FIX = "0a6f0e6"
+ATTACH_CASE = os.path.join(REPO, "corpus", "regressions",
+                           "qemu-fidelity-backing-attach-refreshes-before-the-drain-polls.json")
+
+
+@pytest.mark.skipif(not has_revision(BEFORE_ATTACH_FIX), reason="a clone without the history")
+def test_a_change_that_moves_only_a_header_string_is_found_in_the_headers():
+    m = script()
+    case = load(ATTACH_CASE)
+    found = m.affected([case], m.other_revision_replies(BEFORE_ATTACH_FIX, [case]))
+    assert [where for _, _, _, _, where in found] == [[0]]
+    _, _, now, then, _ = found[0]
+    assert now[0]["node7.qcow2"] == "node6.qcow2" and then[0]["node7.qcow2"].startswith("json:")

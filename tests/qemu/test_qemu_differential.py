@@ -566,3 +566,18 @@ def test_the_long_gap_search_lets_the_loop_run_idle_at_the_later_gaps():
     assert found[1].job_statuses == qemu.job_statuses
     assert calls[-1] == {o: 4 for o in range(1, 7)}      # idle at every gap after the first
     assert all(len(gaps) <= 1 for gaps in calls[:-1] if gaps != calls[-1])
+
+
+def test_model_change_check_asks_the_differential_before_it_blames_a_change():
+    """scripts/model_change_check.py compares each model under the case's own schedule;
+    where QEMU sided with the other revision it asks ``blockfuzz diff`` whether the model
+    as it is reaches QEMU's outcome under another schedule: this regression case's does."""
+    import importlib.util
+    from harness.case import load
+    spec = importlib.util.spec_from_file_location(
+        "model_change_check", os.path.join(REPO, "scripts", "model_change_check.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    case = load(os.path.join(REPO, "corpus", "regressions",
+                             "qemu-fidelity-backing-attach-refreshes-before-the-drain-polls.json"))
+    assert module.reachable_now(case) is True
