@@ -20,6 +20,7 @@ cases are written to ``--out``), 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import subprocess
@@ -54,23 +55,18 @@ def describe(where: list[int]) -> str:
     return ", ".join("the headers" if k == 0 else f"command {k - 1}" for k in where)
 
 
-def other_revision_replies(revision: str, cases: list) -> list[list]:
+def other_revision_outcomes(revision: str, cases: list) -> list[list]:
     """The outcomes (:func:`outcome`) of ``revision``'s model, one list per case."""
     with tempfile.TemporaryDirectory(prefix="blockfuzz-rev-") as tree:
         archive = subprocess.run(["git", "-C", ROOT, "archive", "--format=tar", revision],
                                  check=True, capture_output=True).stdout
-        with tarfile.open(fileobj=_bytes(archive)) as tar:
+        with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(tree)
         env = dict(os.environ, BLOCKFUZZ_PURE="1")
         text = "".join(json.dumps(case.to_dict()) + "\n" for case in cases)
         out = subprocess.run([sys.executable, "-c", CHILD, tree], input=text, text=True,
                              capture_output=True, check=True, env=env, cwd=tree).stdout
     return [json.loads(line) for line in out.splitlines()]
-
-
-def _bytes(data: bytes):
-    import io
-    return io.BytesIO(data)
 
 
 def affected(cases: list, theirs: list[list]) -> list[tuple[int, object, list, list, list[int]]]:
@@ -80,8 +76,8 @@ def affected(cases: list, theirs: list[list]) -> list[tuple[int, object, list, l
     out = []
     for i, (case, then) in enumerate(zip(cases, theirs)):
         now = outcome(normalise(run_case(case)))
-        where = [k for k in range(max(len(now), len(then)))
-                 if (now[k] if k < len(now) else None) != (then[k] if k < len(then) else None)]
+        every = range(max(len(now), len(then)))
+        where = [k for k, a, b in zip(every, _at(now, every), _at(then, every)) if a != b]
         if where:
             out.append((i, case, now, then, where))
     return out
@@ -89,10 +85,13 @@ def affected(cases: list, theirs: list[list]) -> list[tuple[int, object, list, l
 
 def side(qemu: list, now: list, then: list, where: list[int]) -> str:
     """Which model QEMU's outcome matches at ``where``: "now", "then" or "neither"."""
-    def at(replies):
-        return [replies[k] if k < len(replies) else None for k in where]
-    got = at(qemu)
-    return "now" if got == at(now) else "then" if got == at(then) else "neither"
+    got = _at(qemu, where)
+    return "now" if got == _at(now, where) else "then" if got == _at(then, where) else "neither"
+
+
+def _at(entries: list, where) -> list:
+    """``entries`` at the indices ``where``, None past its end (a run cut short)."""
+    return [entries[k] if k < len(entries) else None for k in where]
 
 
 def reachable_now(case) -> bool:
@@ -115,14 +114,12 @@ def main() -> int:
     args = p.parse_args()
     if args.cases < 1 or args.qemu_runs < 1:
         p.error("--cases and --qemu-runs must be >= 1")
-    from harness.backends.qemu import QemuRunner
-    from harness.case import save
     from harness.choices import RandomSource
-    from harness.differential import normalise
     from harness.generate import generate
+    from reference.errors import BlockfuzzError
     cases = [generate(RandomSource(args.seed + i)) for i in range(args.cases)]
     try:
-        theirs = other_revision_replies(args.against, cases)
+        theirs = other_revision_outcomes(args.against, cases)
     except subprocess.CalledProcessError as e:
         err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
         last = (err.strip().splitlines() or ["failed"])[-1]
@@ -130,6 +127,23 @@ def main() -> int:
         return 2
     found = affected(cases, theirs)
     print(f"{len(found)} of {len(cases)} generated cases reply or write headers otherwise than at {args.against}")
+    try:
+        worse = _hold_to_qemu(found, args)
+    except BlockfuzzError as e:
+        print(f"model_change_check: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("model_change_check: interrupted; the cases saved so far stay in --out", file=sys.stderr)
+        return 130
+    return 1 if worse else 0
+
+
+def _hold_to_qemu(found: list, args: argparse.Namespace) -> int:
+    """Run each affected case on QEMU; print the tallies; the count of cases that the
+    model as it is no longer reaches."""
+    from harness.backends.qemu import QemuRunner
+    from harness.case import save
+    from harness.differential import normalise
     totals = {"now": 0, "then": 0, "neither": 0}
     worse = 0
     with QemuRunner() as runner:
@@ -150,7 +164,7 @@ def main() -> int:
                 save(case, os.path.join(args.out, f"case-{args.seed + i}.json"))
     print(f"QEMU runs: as the model now {totals['now']}, as at {args.against} {totals['then']}, "
           f"neither {totals['neither']}")
-    return 1 if worse else 0
+    return worse
 
 
 if __name__ == "__main__":

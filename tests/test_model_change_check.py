@@ -42,7 +42,7 @@ def test_qemus_side_is_read_at_the_differing_commands_only():
 def test_the_other_revisions_model_runs_in_a_child_and_the_fix_shows_where_it_acts():
     m = script()
     case = load(FIXED_CASE)
-    theirs = m.other_revision_replies(BEFORE_FIX, [case])
+    theirs = m.other_revision_outcomes(BEFORE_FIX, [case])
     found = m.affected([case], theirs)
     assert [(i, where) for i, _, _, _, where in found] == [(0, [3])]      # command 2
     _, _, now, then, _ = found[0]
@@ -61,7 +61,25 @@ ATTACH_CASE = os.path.join(REPO, "corpus", "regressions",
 def test_a_change_that_moves_only_a_header_string_is_found_in_the_headers():
     m = script()
     case = load(ATTACH_CASE)
-    found = m.affected([case], m.other_revision_replies(BEFORE_ATTACH_FIX, [case]))
+    found = m.affected([case], m.other_revision_outcomes(BEFORE_ATTACH_FIX, [case]))
     assert [where for _, _, _, _, where in found] == [[0]]
     _, _, now, then, _ = found[0]
     assert now[0]["node7.qcow2"] == "node6.qcow2" and then[0]["node7.qcow2"].startswith("json:")
+
+
+def test_a_qemu_that_cannot_run_is_one_line_and_exit_2(monkeypatch, capsys):
+    import sys
+
+    from harness.backends import qemu
+    from harness.errors import QemuError
+    m = script()
+
+    class NoQemu:
+        def __init__(self, *a, **k):
+            raise QemuError("qemu-system-x86_64 not found: run `make qemu`")
+    monkeypatch.setattr(qemu, "QemuRunner", NoQemu)
+    monkeypatch.setattr(m, "other_revision_outcomes", lambda revision, cases: [[None]] * len(cases))
+    monkeypatch.setattr(sys, "argv", ["model_change_check.py", "--against", "HEAD", "--cases", "2"])
+    assert m.main() == 2
+    err = capsys.readouterr().err
+    assert err == "model_change_check: qemu-system-x86_64 not found: run `make qemu`\n"

@@ -526,20 +526,27 @@ def test_a_client_gap_of_exact_steps_stops_anywhere_in_a_jobs_run_and_says_when_
 
 def test_the_long_gap_search_reaches_qemus_replies_the_choices_cannot():
     from harness.case import load
-    from harness.differential import gapped_model
     case = load(PAUSE_AFTER_RETURN)
     qemu = Observation(replies=ON_QEMU)
     calls: list = []
-
-    def replies_only(case, seed, gaps, gap_steps=None):
-        calls.append(gap_steps)
-        obs = gapped_model(case, seed, gaps, gap_steps=gap_steps)
-        return Observation(replies=obs.replies, extra={"gap_idle": obs.extra["gap_idle"]})
-    found, tried = search_long_gaps(case, qemu, replies_only)
+    found, tried = search_long_gaps(case, qemu, _gapped_keeping("replies", calls))
     assert found[0] == "back to back but exactly 11 steps before command 1, 1 before command 2 (seed 0)"
     assert found[1].replies == ON_QEMU and tried == len(calls)
     # each position's lengths stop where the loop went idle, well short of LONG_GAP
-    assert calls[0] == {0: 4} and max(steps[0] for steps in calls if 0 in steps) < 20
+    steps = [gap_steps for _, gap_steps in calls]
+    assert steps[0] == {0: 4} and max(s[0] for s in steps if 0 in s) < 20
+
+
+def _gapped_keeping(field: str, calls: list):
+    """gapped_model, noting each call's (gaps, gap_steps), its observation cut down to
+    ``field`` (and whether the loop went idle): what the search compares is that field."""
+    from harness.differential import gapped_model
+
+    def run(case, seed, gaps, gap_steps=None):
+        calls.append((gaps, gap_steps))
+        obs = gapped_model(case, seed, gaps, gap_steps=gap_steps)
+        return Observation(**{field: getattr(obs, field)}, extra={"gap_idle": obs.extra["gap_idle"]})
+    return run
 
 
 EXACT_GAP_THEN_IDLE = os.path.join(REPO, "corpus", "regressions", "qemu-timing-exact-gap-then-idle-loop.json")
@@ -550,22 +557,17 @@ def test_the_long_gap_search_lets_the_loop_run_idle_at_the_later_gaps():
     its flush: ready, then aborting), and the loop idle before the last two commands (all
     of node1's and job3's streams run). One exact gap with one short one cannot give it."""
     from harness.case import load
-    from harness.differential import gapped_model
     case = load(EXACT_GAP_THEN_IDLE)
     done = ["created", "running", "waiting", "pending", "concluded", "null"]
     qemu = Observation(job_statuses={"drive0": ["created", "running", "ready", "aborting", "concluded"],
                                      "node1": done + done, "job3": done})
     calls: list = []
-
-    def statuses_only(case, seed, gaps, gap_steps=None):
-        calls.append(gaps)
-        obs = gapped_model(case, seed, gaps, gap_steps=gap_steps)
-        return Observation(job_statuses=obs.job_statuses, extra={"gap_idle": obs.extra["gap_idle"]})
-    found, tried = search_long_gaps(case, qemu, statuses_only)
+    found, tried = search_long_gaps(case, qemu, _gapped_keeping("job_statuses", calls))
     assert found is not None and found[0].startswith("back to back but exactly 5 steps before command 1, ")
     assert found[1].job_statuses == qemu.job_statuses
-    assert calls[-1] == {o: 4 for o in range(1, 7)}      # idle at every gap after the first
-    assert all(len(gaps) <= 1 for gaps in calls[:-1] if gaps != calls[-1])
+    gaps = [g for g, _ in calls]
+    assert gaps[-1] == {o: 4 for o in range(1, 7)}      # idle at every gap after the first
+    assert all(len(g) <= 1 for g in gaps[:-1] if g != gaps[-1])
 
 
 def test_model_change_check_asks_the_differential_before_it_blames_a_change():
