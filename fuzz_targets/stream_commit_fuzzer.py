@@ -24,6 +24,7 @@ or through ``blockfuzz fuzz --engine atheris``. Environment:
                          the model runs uninstrumented (compiled, if built);
                          ``code``: atheris instruments the model's bytecode
 """
+import gc
 import os
 import random
 import sys
@@ -71,6 +72,7 @@ def main() -> None:
     atheris.Setup(sys.argv, target,
                   custom_mutator=custom_mutator if structure else None,
                   custom_crossover=custom_crossover if structure else None)
+    gc.freeze()     # the libraries' objects out of the collector's sight (frozen_heap)
     atheris.Fuzz()
 
 

@@ -651,3 +651,14 @@ def test_the_summary_names_the_model_atheris_ran(monkeypatch):
     assert campaign.model_build(Config(engine="atheris")) == "compiled (Cython)"
     assert campaign.model_build(Config(engine="atheris", feedback="code")) == "pure Python"
     assert campaign.model_build(Config(engine="pct", feedback="code")) == "compiled (Cython)"
+
+
+def test_a_campaign_runs_with_the_heap_it_began_with_frozen_and_thaws_it_after():
+    import gc
+    frozen_during: list[int] = []
+    c = Campaign(Config(engine="random", seed=0, budget=Budget(runs=3), minimize=False),
+                 on_progress=lambda c: frozen_during.append(gc.get_freeze_count()))
+    before = gc.get_freeze_count()
+    campaign.run_campaign(c)
+    assert len(frozen_during) == 3 and min(frozen_during) > before
+    assert gc.get_freeze_count() == before
