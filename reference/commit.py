@@ -182,8 +182,6 @@ class MirrorCommitJob(Job):
         guest writes, stop when completion was requested and nothing is dirty."""
         m = self.m
         src = self.src_bs
-        length = src.data.size
-        self.len = length
         if m.metadata_io:
             yield from self.read_metadata(src, self.base_overlay)
         self.dirty = _merged(m.allocated_ranges(src, self.base_overlay))   # the dirty bitmap
@@ -192,11 +190,14 @@ class MirrorCommitJob(Job):
             yield from self.sleep_ns(delay)
             if self.cancelled and (self.force_cancel or self.status != "ready"):
                 break
+            # job_progress_set_remaining: what was copied and what is still dirty, the
+            # len and offset of its events (QEMU 7.2 reports 917504 for 896 KiB to copy
+            # out of 1 MiB, not the image's length as a stream or commit does)
+            self.len = self.offset + sum(end - start for start, end in self.dirty)
             if self.dirty:
                 delay = yield from self._iteration()
                 continue
             # nothing dirty at the start of an iteration: converged
-            self.offset = self.len
             if self.status == "running":
                 # mirror_flush of the target, then READY: QEMU 7.2 does not look again
                 # at what came in during the flush, a cancel (forced: the job was not
@@ -237,7 +238,7 @@ class MirrorCommitJob(Job):
             self.dirty.insert(0, (stop, end))
         yield from self.io()
         self.m.copy_range(self.src_bs, self.target_bs, start, stop - start)
-        self.offset = min(self.len, self.offset + (stop - start))
+        self.offset += stop - start
         return self.ratelimit_calculate_delay(stop - start)
 
     def mark_dirty(self, start: int, end: int) -> None:

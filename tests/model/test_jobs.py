@@ -5,6 +5,7 @@ import os
 import pytest
 
 from harness.backends.reference import run_case
+from harness.case import Write
 from harness.choices import RandomSource, RecordedSource
 from harness.observation import raw_statuses
 from reference.errors import IllegalTransition
@@ -153,6 +154,22 @@ def test_soft_cancel_in_ready_completes_without_pivot():
     assert [e["event"] for e in obs.events if e["event"].startswith("BLOCK_JOB")] == \
         ["BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED"]
     assert obs.chain_names(False) == ["node3", "node2", "node1", "node0"]
+
+
+def test_an_active_commit_reports_the_bytes_it_copied_as_len_and_offset():
+    """mirror_run sets the job's progress to what it copied plus what is still dirty, so
+    its events count the data above the base, and the guest writes that dirtied it
+    again, not the image's length as a stream or an intermediate commit does. QEMU 7.2
+    on this case: READY with len and offset 196608 (128 KiB in node1, 64 KiB in node2),
+    COMPLETED with 262144 after a 64 KiB guest write while READY."""
+    case = chain_case(3, [("block-commit", {"device": "drive0", "job-id": "j"}), ("x-wait-jobs",),
+                          ("x-guest-write", {"offset": 262144, "length": 65536, "pattern": 9}),
+                          ("x-step", {"count": 8}), ("job-complete", {"id": "j"})],
+                      writes={1: (Write(0, 131072, 5),), 2: (Write(524288, 65536, 7),)})
+    obs = run_case(case)
+    assert [(e["event"], e["data"]["len"], e["data"]["offset"]) for e in obs.events
+            if e["event"] in ("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED")] == \
+        [("BLOCK_JOB_READY", 196608, 196608), ("BLOCK_JOB_COMPLETED", 262144, 262144)]
 
 
 #: an active commit cancelled right after it starts: under schedule [1] the cancel lands
