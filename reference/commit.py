@@ -180,11 +180,8 @@ class MirrorCommitJob(Job):
     def run(self) -> Generator:
         """mirror_run, in outline: copy the dirty ranges, become READY, keep copying
         guest writes, stop when completion was requested and nothing is dirty."""
-        m = self.m
-        src = self.src_bs
-        if m.metadata_io:
-            yield from self.read_metadata(src, self.base_overlay)
-        self.dirty = _merged(m.allocated_ranges(src, self.base_overlay))   # the dirty bitmap
+        self.dirty = []                 # the dirty bitmap: guest writes mark it from now on
+        yield from self._dirty_init()
         delay = 0
         while True:
             yield from self.sleep_ns(delay)
@@ -226,6 +223,31 @@ class MirrorCommitJob(Job):
         drain.bdrv_drained_begin(self.src_bs)
         self.src_drained = True
         return 0
+
+    def _dirty_init(self) -> Generator:
+        """mirror_dirty_init: one block-status query per extent of the source above the
+        base, each after mirror_throttle's pause point (within its slice, as the whole
+        of it is here, only a pause point), each marking its extent dirty if allocated;
+        it stops when the job is cancelled (mirror_run then exits at once: before READY
+        every cancel is forced). With ``metadata_io`` a query first reads the L2 tables
+        of the images it reaches that are not cached yet, down to the first that has the
+        extent (read_metadata): QEMU 7.2 traced three drains pausing an active commit
+        before its first copy, one per image its first three queries reached."""
+        m = self.m
+        src, base_overlay = self.src_bs, self.base_overlay
+        size = bdrv_skip_filters(src).data.size
+        offset = 0
+        while offset < size:
+            yield from self.pause_point()
+            if self.is_cancelled():
+                return
+            if m.metadata_io:
+                yield from self.read_metadata(src, base_overlay, offset)
+            allocated, n = m.is_allocated_above(src, base_overlay, offset, size - offset)
+            n = n or size - offset
+            if allocated:
+                self.mark_dirty(offset, offset + n)
+            offset += n
 
     def _iteration(self) -> Generator:
         """mirror_iteration: copy the first run of consecutive dirty clusters (up to the
@@ -309,16 +331,9 @@ class MirrorCommitJob(Job):
     # read-only on abort came in QEMU 8.x (MirrorBlockJob.base_ro)
 
 
-def _merged(ranges):
-    """Adjacent or overlapping ranges as one: a dirty bitmap does not remember which
-    layer's extent a cluster came from."""
-    out = []
-    for start, end in ranges:
-        out = _add_range(out, start, end)
-    return out
-
-
 def _add_range(ranges, start, end):
+    """``ranges`` with ``[start, end)`` added, adjacent or overlapping ranges as one: a
+    dirty bitmap does not remember which layer's extent a cluster came from."""
     out = []
     for s, e in sorted(ranges + [(start, end)]):
         if out and s <= out[-1][1]:

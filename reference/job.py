@@ -247,12 +247,14 @@ class Job:
         yield YIELD_IO
         self.in_flight -= 1
 
-    def read_metadata(self, top, base_overlay) -> Generator:
+    def read_metadata(self, top, base_overlay, offset=None) -> Generator:
         """With ``Machine.metadata_io`` (the caller checks it): a block-status query from
         ``top`` down to ``base_overlay`` first reads the L2 tables of the qcow2 images it
         reaches that QEMU has not cached yet, one I/O the job waits for, busy
         (qcow2_co_block_status; QEMU's trace shows qcow2_cache_get_read for each image on
-        a stream's first iteration). A job asked to pause reaches its pause point after it."""
+        a stream's first iteration). A job asked to pause reaches its pause point after it.
+        With ``offset``, the query is one at that offset: it reaches down to the first
+        image that has it allocated (mirror_dirty_init's, one per extent)."""
         loaded = self.m.metadata_loaded
         missing = False
         bs = top
@@ -261,7 +263,8 @@ class Job:
             if data is not None and not data.raw and bs not in loaded:
                 loaded.add(bs)
                 missing = True
-            if bs is base_overlay:
+            if bs is base_overlay or (offset is not None and data is not None
+                                      and data.block_status(offset, 1)[0]):
                 break
             bs = bdrv_filter_or_cow_bs(bs)
         if missing:
