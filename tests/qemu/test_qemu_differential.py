@@ -12,6 +12,7 @@ import pytest
 from harness.backends.qemu_core import cores_possible
 
 from harness.case import Case, Command, Image, from_dict
+from harness.case import load as load_case
 from harness.cli import main
 from harness.differential import (Differ, Gaps, compare, differing_fields, gap_schedules, search_seeds,
                                   search_long_gaps,
@@ -326,8 +327,13 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert diff(capsys, str(tmp_path)) == (
         2, [], f"blockfuzz: error: {tmp_path}: no *.json case files there\n")
     assert diff(capsys, str(tmp_path), "--jobs", "0") == (
-        2, [], "blockfuzz: error: blockfuzz diff: --seeds must be >= 0, --jobs and --repeat >= 1, "
-               "--timeout > 0\n")
+        2, [], "blockfuzz: error: blockfuzz diff: --seeds and --census must be >= 0, --jobs and "
+               "--repeat >= 1, --timeout > 0\n")
+    assert diff(capsys, str(tmp_path), "--census", "-1") == (
+        2, [], "blockfuzz: error: blockfuzz diff: --seeds and --census must be >= 0, --jobs and "
+               "--repeat >= 1, --timeout > 0\n")
+    assert diff(capsys, str(tmp_path), "--census", "10", "--only", "qemu") == (
+        2, [], "blockfuzz: error: blockfuzz diff: --census compares the model with QEMU: drop --only\n")
 
 
 def test_qemu_trace_on_the_command_line_of_either_binary():
@@ -598,3 +604,47 @@ def test_qemu_s_active_commit_ready_after_a_forced_cancel_is_an_outcome_of_the_m
     with Differ() as differ:
         result = differ.diff(case)
     assert result.finding is None, result.finding
+
+
+def test_the_census_counts_the_model_schedules_that_give_each_field_of_qemu_s_outcome():
+    """``diff --census N``: a stream on a plain chain ends one way under every schedule;
+    told that QEMU refused it, the census finds the refusal under none, every other
+    field under all, and says which field differs."""
+    from harness.backends.reference import run_case
+    from harness.differential import census
+    case = Case((Image("node0", 1 << 20, 65536), Image("node1", 1 << 20, 65536)),
+                (Command("block-stream", {"device": "drive0"}),))
+    qemu = run_case(case)
+    assert census(case, qemu, 10) == [
+        "    model census, 10 schedules (half with qcow2 metadata reads): QEMU's whole outcome 10",
+        "      QEMU's value of each field: finding 10, replies 10, job_statuses 10, chain 10, backing 10, "
+        "read_only 10, data 10, on_disk_backing 10"]
+    refused = dataclasses.replace(qemu, replies=[{"error": {"class": "GenericError", "desc": "x"}}])
+    assert census(case, refused, 10) == [
+        "    model census, 10 schedules (half with qcow2 metadata reads): QEMU's whole outcome 0",
+        "      QEMU's value of each field: finding 10, replies 0, job_statuses 10, chain 10, backing 10, "
+        "read_only 10, data 10, on_disk_backing 10",
+        "      commonest differences: replies 10"]
+
+
+def test_diff_prints_the_census_under_a_failing_case_only(monkeypatch, capsys, tmp_path):
+    from harness import differential
+    from harness.backends.reference import run_case
+    from harness.case import save
+    from harness.differential import DiffResult
+    case = Case((Image("node0", 1 << 20, 65536), Image("node1", 1 << 20, 65536)),
+                (Command("block-stream", {"device": "drive0"}),))
+    path = str(tmp_path / "c.json")
+    save(case, path)
+    qemu = run_case(case)
+    refused = dataclasses.replace(qemu, replies=[{"error": {"class": "GenericError", "desc": "x"}}])
+    results = [DiffResult(load_case(path), qemu),
+               DiffResult(load_case(path), refused, [], Finding("qemu-mismatch", "replies differ"))]
+    monkeypatch.setattr(differential, "run_all", lambda cases, **kw: iter(results))
+    code, lines, _ = diff(capsys, path, path, "--census", "4")
+    assert code == 1
+    assert lines == [f"PASS {path}", f"FAIL {path}: qemu-mismatch: replies differ",
+                     "    model census, 4 schedules (half with qcow2 metadata reads): QEMU's whole outcome 0",
+                     "      QEMU's value of each field: finding 4, replies 0, job_statuses 4, chain 4, "
+                     "backing 4, read_only 4, data 4, on_disk_backing 4",
+                     "      commonest differences: replies 4", "1 passed, 1 failed"]
