@@ -58,6 +58,8 @@ GAP_SEEDS = 2       # ... each under this many seeds for the other decisions
 LONG_GAP = 64
 #: seeds tried after the gap searches, on a mismatch they did not explain
 DEEP_SEEDS = 2000
+SEEDED_GAP_SEEDS = 100    # random schedules with one exact gap (search_seeded_gaps) ...
+SEEDED_GAP_LONGEST = 12   # ... of 1 to this many steps
 METADATA_NOTE = ", qcow2 metadata reads as I/O (schedule metadata-io)"
 #: the fields of a normalised outcome, in report order
 FIELDS = ("finding", "replies", "job_statuses", "chain", "backing", "read_only", "data", "on_disk_backing")
@@ -406,6 +408,38 @@ def search_seeds(case: Case, qemu: Observation, runs: list[tuple[ModelRun, str]]
     return out, False
 
 
+def search_seeded_gaps(case: Case, qemu: Observation, seeds: int = SEEDED_GAP_SEEDS,
+                       longest: int = SEEDED_GAP_LONGEST,
+                       unthrottle: dict[int, list[str]] | None = None,
+                       x_step_until: dict | None = None) -> tuple[tuple[str, Observation] | None, int]:
+    """Random schedules (seeds 0 .. ``seeds`` - 1, with and without qcow2 metadata reads)
+    with one gap of an exact length, 1 to ``longest`` steps, after each command in turn.
+    :func:`search_long_gaps` puts its exact gap among back-to-back commands, and
+    :func:`search_seeds` has no exact gap; some of QEMU's outcomes need both: earlier
+    gaps that let one job finish and another start, then a gap that ends inside a third
+    job's run. An active commit cancelled in its flush before READY (differential seed
+    128) was one: one random schedule in 500 with a gap of exactly 5 steps after the
+    commit gives it. Returns the first schedule that gives QEMU's outcome (or None) and
+    the number of runs tried."""
+    from harness.backends import reference
+    q = normalise(qemu)
+    tried = 0
+    for seed in range(seeds):
+        for p in range(len(case.commands) - 1):
+            for reads in (False, True):
+                for steps in range(1, longest + 1):
+                    obs = reference.run_case(case, RandomSource(seed), bugs=(), metadata_io=reads,
+                                             gap_steps={p: steps}, unthrottle=unthrottle,
+                                             x_step_until=x_step_until)
+                    tried += 1
+                    if not differing_fields(normalise(obs), q):
+                        return (f"seed {seed} but exactly {steps} steps before command {p + 1}"
+                                f"{METADATA_NOTE if reads else ''}", obs), tried
+                    if obs.extra.get("gap_idle"):
+                        break
+    return None, tried
+
+
 def search_gaps(case: Case, qemu: Observation, run_gapped: GappedRun,
                 seeds: int = GAP_SEEDS, note: str = "", fewest: int = 1) -> tuple[str, Observation] | None:
     """A schedule with few gaps between otherwise back-to-back commands whose outcome
@@ -557,7 +591,10 @@ class Differ:
             if matched:
                 return DiffResult(case, qemu, model + deep[-1:], None)
             model = _merged(model, deep, "")
-            finding = compare(case, qemu, model, self.seeds + DEEP_SEEDS, searched)
+            found, tried = search_seeded_gaps(case, qemu, unthrottle=lifted or None, x_step_until=timed)
+            if found is not None:
+                return DiffResult(case, qemu, model + [found], None)
+            finding = compare(case, qemu, model, self.seeds + DEEP_SEEDS, searched + tried)
         return DiffResult(case, qemu, model, finding)
 
 

@@ -597,10 +597,10 @@ def test_qemu_s_active_commit_ready_after_a_forced_cancel_is_an_outcome_of_the_m
     schedule: whichever outcome QEMU's timing gives this time (READY after the forced cancel
     in 4 runs of 6), the differential finds a model schedule that gives it too. Before the
     model queried the dirty bitmap extent by extent, 2 runs of 4 failed."""
-    from harness.case import load
+    from harness.case import DEFAULT_SCHEDULE, load
     case = dataclasses.replace(load(os.path.join(REPO, "corpus", "regressions",
                                                  "qemu-fidelity-mirror-dirty-init-pauses-per-extent.json")),
-                               schedule=None, expect=None)
+                               schedule=dict(DEFAULT_SCHEDULE), expect=None)
     with Differ() as differ:
         result = differ.diff(case)
     assert result.finding is None, result.finding
@@ -648,3 +648,35 @@ def test_diff_prints_the_census_under_a_failing_case_only(monkeypatch, capsys, t
                      "      QEMU's value of each field: finding 4, replies 0, job_statuses 4, chain 4, "
                      "backing 4, read_only 4, data 4, on_disk_backing 4",
                      "      commonest differences: replies 4", "1 passed, 1 failed"]
+
+
+def test_a_random_schedule_with_one_exact_gap_reaches_what_neither_search_alone_does():
+    """Differential seed 128: an active commit cancelled in its flush before READY needs
+    earlier gaps from a random schedule and exactly 5 steps after the commit. The long-gap
+    search (back to back but for its exact gap) and 2,000 random seeds miss it; the seeded
+    gap search finds it, and the Differ asks it last."""
+    from functools import partial
+    from harness.backends.reference import run_case
+    from harness.case import load
+    from harness.choices import RandomSource
+    from harness.differential import search_long_gaps, search_seeded_gaps, gapped_model, reference_model
+    case = load(os.path.join(REPO, "tests", "model", "cases", "active-commit-cancelled-in-its-flush.json"))
+    qemu = run_case(case, RandomSource(12), bugs=(), metadata_io=True, gap_steps={5: 5})
+    assert qemu.job_statuses["drive0"] == ["created", "running", "ready", "aborting", "concluded", "null"]
+    for reads in (False, True):
+        assert search_long_gaps(case, qemu, partial(gapped_model, metadata_io=reads))[0] is None
+    assert search_seeds(case, qemu, [(reference_model, "")], 20)[1] is False
+    found, tried = search_seeded_gaps(case, qemu)
+    label = "seed 12 but exactly 5 steps before command 6, qcow2 metadata reads as I/O (schedule metadata-io)"
+    assert (found[0], tried) == (label, 889)
+
+    class Runner:       # QEMU's outcome, as if QEMU's timing had given it
+        def run(self, case):
+            return qemu
+
+        def close(self):
+            pass
+    differ = Differ(only="model")
+    differ.only, differ.runner = None, Runner()
+    result = differ.diff(case)
+    assert result.finding is None and result.model[-1][0] == label
