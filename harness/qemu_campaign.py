@@ -123,11 +123,22 @@ def qemu_outcome(case: Case, runner) -> Outcome:
     return judge(case, obs)
 
 
+#: model schedules a mismatch's census counts (:func:`harness.differential.census`)
+CENSUS = 400
+
+
 def diff_outcome(result) -> Outcome:
+    """The finding's first line; under a mismatch, the model's census of QEMU's outcome
+    too (which of QEMU's fields the model gives how often), so that the finding's case
+    file says at once where to look."""
     if result.finding is None:
         return Outcome("ok")
     f = result.finding
-    return Outcome(f.kind, f.where, f.message.splitlines()[0] if f.message else "")
+    message = f.message.splitlines()[0] if f.message else ""
+    if f.kind == "qemu-mismatch":
+        from harness.differential import census
+        message = "\n".join([message, *(line.strip() for line in census(result.case, result.qemu, CENSUS))])
+    return Outcome(f.kind, f.where, message)
 
 
 def results(args: argparse.Namespace, cases):

@@ -87,3 +87,28 @@ def test_known_qemu_crashes_are_counted_not_reported(tmp_path, monkeypatch, caps
                        "  known, not reported: qemu-crash@bdrv_refresh_filename<bdrv_block_device_info "
                        "(2 cases)"]
     assert not (tmp_path / "known").exists() or not os.listdir(tmp_path / "known")
+
+
+def test_a_differential_finding_carries_the_model_s_census_of_qemu_s_outcome():
+    """A mismatch's message: its first line, then the census (how many of 400 model
+    schedules give QEMU's value of each field); other findings keep their first line."""
+    import dataclasses
+    from harness.backends.reference import run_case
+    from harness.case import Case, Command, Image
+    from harness.differential import DiffResult
+    from harness.observation import Finding
+    from harness.qemu_campaign import diff_outcome
+    case = Case((Image("node0", 1 << 20, 65536), Image("node1", 1 << 20, 65536)),
+                (Command("block-stream", {"device": "drive0"}),))
+    refused = dataclasses.replace(run_case(case), replies=[{"error": {"class": "GenericError", "desc": "x"}}])
+    outcome = diff_outcome(DiffResult(case, refused, [], Finding("qemu-mismatch", "replies differ\nmore",
+                                                                   where="replies:block-stream")))
+    assert (outcome.kind, outcome.where) == ("qemu-mismatch", "replies:block-stream")
+    assert outcome.message.splitlines() == [
+        "replies differ",
+        "model census, 400 schedules (half with qcow2 metadata reads): QEMU's whole outcome 0",
+        "QEMU's value of each field: finding 400, replies 0, job_statuses 400, chain 400, backing 400, "
+        "read_only 400, data 400, on_disk_backing 400",
+        "commonest differences: replies 400"]
+    crash = diff_outcome(DiffResult(case, refused, [], Finding("qemu-crash", "SIGSEGV\ntrace", where="x")))
+    assert crash.message == "SIGSEGV"
