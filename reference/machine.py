@@ -368,18 +368,6 @@ class Machine:
         runs = self.read(src, offset, offset + n)
         self.write(bdrv_skip_filters(dst), offset, offset + n, runs)
 
-    def allocated_ranges(self, top, base_overlay) -> list[tuple[int, int]]:
-        size = bdrv_skip_filters(top).data.size
-        out = []
-        off = 0
-        while off < size:
-            allocated, n = self.is_allocated_above(top, base_overlay, off, size - off)
-            n = n or size - off
-            if allocated:
-                out.append((off, off + n))
-            off += n
-        return out
-
     def device_root(self) -> BlockDriverState | None:
         for blk in self.blks.values():
             return blk.bs
