@@ -591,10 +591,13 @@ class Differ:
             if matched:
                 return DiffResult(case, qemu, model + deep[-1:], None)
             model = _merged(model, deep, "")
-            found, tried = search_seeded_gaps(case, qemu, unthrottle=lifted or None, x_step_until=timed)
-            if found is not None:
-                return DiffResult(case, qemu, model + [found], None)
-            finding = compare(case, qemu, model, self.seeds + DEEP_SEEDS, searched + tried)
+            if run_gapped is gapped_model:      # a gap search: only where gaps are searched
+                found, tried = search_seeded_gaps(case, qemu, unthrottle=lifted or None,
+                                                  x_step_until=timed)
+                if found is not None:
+                    return DiffResult(case, qemu, model + [found], None)
+                searched += tried
+            finding = compare(case, qemu, model, self.seeds + DEEP_SEEDS, searched)
         return DiffResult(case, qemu, model, finding)
 
 
