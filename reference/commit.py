@@ -227,7 +227,8 @@ class MirrorCommitJob(Job):
     def _dirty_init(self) -> Generator:
         """mirror_dirty_init: one block-status query per extent of the source above the
         base, each after mirror_throttle's pause point (within its slice, as the whole
-        of it is here, only a pause point), each marking its extent dirty if allocated;
+        of it is here, only a pause point, entered only when it would stop, as in
+        :meth:`sleep_ns`), each marking its extent dirty if allocated;
         it stops when the job is cancelled (mirror_run then exits at once: before READY
         every cancel is forced). With ``metadata_io`` a query first reads the L2 tables
         of the images it reaches that are not cached yet, down to the first that has the
@@ -238,7 +239,8 @@ class MirrorCommitJob(Job):
         size = bdrv_skip_filters(src).data.size
         offset = 0
         while offset < size:
-            yield from self.pause_point()
+            if self.should_pause():
+                yield from self.pause_point()
             if self.is_cancelled():
                 return
             if m.metadata_io:
