@@ -662,3 +662,17 @@ def test_a_campaign_runs_with_the_heap_it_began_with_frozen_and_thaws_it_after()
     campaign.run_campaign(c)
     assert len(frozen_during) == 3 and min(frozen_during) > before
     assert gc.get_freeze_count() == before
+
+
+def test_a_jobs_worker_runs_with_its_heap_frozen_and_thaws_it_after(monkeypatch):
+    import gc
+    import queue
+    frozen_during: list[int] = []
+    monkeypatch.setitem(campaign.ENGINE_LOOPS, "random",
+                        lambda c, first, stride: frozen_during.append(gc.get_freeze_count()))
+    before = gc.get_freeze_count()
+    out: queue.Queue = queue.Queue()
+    campaign._worker(Config(engine="random", seed=0, budget=Budget(runs=3), minimize=False), 0, 1, out)
+    assert len(frozen_during) == 1 and frozen_during[0] > before
+    assert gc.get_freeze_count() == before
+    assert out.get_nowait()[0] == "runs" and out.get_nowait() == ("done",)
