@@ -92,15 +92,11 @@ def test_known_qemu_crashes_are_counted_not_reported(tmp_path, monkeypatch, caps
 def test_a_differential_finding_carries_the_model_s_census_of_qemu_s_outcome():
     """A mismatch's message: its first line, then the census (how many of 400 model
     schedules give QEMU's value of each field); other findings keep their first line."""
-    import dataclasses
-    from harness.backends.reference import run_case
-    from harness.case import Case, Command, Image
     from harness.differential import DiffResult
     from harness.observation import Finding
     from harness.qemu_campaign import diff_outcome
-    case = Case((Image("node0", 1 << 20, 65536), Image("node1", 1 << 20, 65536)),
-                (Command("block-stream", {"device": "drive0"}),))
-    refused = dataclasses.replace(run_case(case), replies=[{"error": {"class": "GenericError", "desc": "x"}}])
+    from tests.qemu.test_qemu_differential import PLAIN_STREAM as case, refused_by_qemu
+    refused = refused_by_qemu(case)
     outcome = diff_outcome(DiffResult(case, refused, [], Finding("qemu-mismatch", "replies differ\nmore",
                                                                    where="replies:block-stream")))
     assert (outcome.kind, outcome.where) == ("qemu-mismatch", "replies:block-stream")

@@ -606,21 +606,30 @@ def test_qemu_s_active_commit_ready_after_a_forced_cancel_is_an_outcome_of_the_m
     assert result.finding is None, result.finding
 
 
+#: a stream on a plain chain: one outcome under every schedule
+PLAIN_STREAM = Case((Image("node0", 1 << 20, 65536), Image("node1", 1 << 20, 65536)),
+                    (Command("block-stream", {"device": "drive0"}),))
+
+
+def refused_by_qemu(case: Case) -> Observation:
+    """The model's own outcome of ``case``, but with its one command refused: a mismatch."""
+    from harness.backends.reference import run_case
+    return dataclasses.replace(run_case(case), replies=[{"error": {"class": "GenericError", "desc": "x"}}])
+
+
 def test_the_census_counts_the_model_schedules_that_give_each_field_of_qemu_s_outcome():
     """``diff --census N``: a stream on a plain chain ends one way under every schedule;
     told that QEMU refused it, the census finds the refusal under none, every other
     field under all, and says which field differs."""
     from harness.backends.reference import run_case
     from harness.differential import census
-    case = Case((Image("node0", 1 << 20, 65536), Image("node1", 1 << 20, 65536)),
-                (Command("block-stream", {"device": "drive0"}),))
+    case = PLAIN_STREAM
     qemu = run_case(case)
     assert census(case, qemu, 10) == [
         "    model census, 10 schedules (half with qcow2 metadata reads): QEMU's whole outcome 10",
         "      QEMU's value of each field: finding 10, replies 10, job_statuses 10, chain 10, backing 10, "
         "read_only 10, data 10, on_disk_backing 10"]
-    refused = dataclasses.replace(qemu, replies=[{"error": {"class": "GenericError", "desc": "x"}}])
-    assert census(case, refused, 10) == [
+    assert census(case, refused_by_qemu(case), 10) == [
         "    model census, 10 schedules (half with qcow2 metadata reads): QEMU's whole outcome 0",
         "      QEMU's value of each field: finding 10, replies 0, job_statuses 10, chain 10, backing 10, "
         "read_only 10, data 10, on_disk_backing 10",
@@ -632,12 +641,11 @@ def test_diff_prints_the_census_under_a_failing_case_only(monkeypatch, capsys, t
     from harness.backends.reference import run_case
     from harness.case import save
     from harness.differential import DiffResult
-    case = Case((Image("node0", 1 << 20, 65536), Image("node1", 1 << 20, 65536)),
-                (Command("block-stream", {"device": "drive0"}),))
+    case = PLAIN_STREAM
     path = str(tmp_path / "c.json")
     save(case, path)
     qemu = run_case(case)
-    refused = dataclasses.replace(qemu, replies=[{"error": {"class": "GenericError", "desc": "x"}}])
+    refused = refused_by_qemu(case)
     results = [DiffResult(load_case(path), qemu),
                DiffResult(load_case(path), refused, [], Finding("qemu-mismatch", "replies differ"))]
     monkeypatch.setattr(differential, "run_all", lambda cases, **kw: iter(results))
