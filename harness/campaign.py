@@ -330,13 +330,30 @@ def _focus(c: Campaign, case: Case, index: int, runs: int) -> None:
         observations.append(run_case(case, source))
         sources.append(source)
         steps = max(steps, source.steps)
+    judged: list[tuple] = []
     for source, observation in zip(sources, observations):
         if c.done():
             return
         c.stats.focus_runs += 1
         c.note_pct(source)
         c.observe(case.with_schedule({"choices": list(source.recorded)}), observation,
-                  judge(case, observation))
+                  _judge_once(case, observation, judged))
+
+
+def _judge_once(case: Case, observation, judged: list[tuple]) -> Outcome:
+    """:func:`judge` for one more run of ``case``, whose earlier runs and their outcomes
+    are ``judged``: a run that showed the oracle exactly what an earlier one did (its
+    replies, events, end state and finding; the oracle reads nothing else) gets that
+    run's outcome. About a third of focus runs repeat one: their schedules differ only
+    where nothing shows. Lists and dicts compare in C and stop at the first difference."""
+    for seen, outcome in judged:
+        if (observation.events == seen.events and observation.replies == seen.replies
+                and observation.finding == seen.finding and observation.data == seen.data
+                and observation.chain == seen.chain and observation.jobs_left == seen.jobs_left):
+            return outcome
+    outcome = judge(case, observation)
+    judged.append((observation, outcome))
+    return outcome
 
 
 def run_hypothesis(c: Campaign, first: int = 0, stride: int = 1) -> None:

@@ -511,6 +511,23 @@ def test_pct_focus_runs_replay_and_meet_the_run_budget(monkeypatch, runs):
         assert (again.events, judge(case, again)) == (obs.events, outcome)
 
 
+def test_a_focus_run_that_shows_the_oracle_what_an_earlier_one_did_is_not_judged_again(monkeypatch):
+    """Of 030's overlapping_5 under 24 PCT schedules, the oracle is asked once per
+    distinct thing it would read (replies, events, end state, finding); every run still
+    gets the outcome the oracle gives it."""
+    from harness.corpus import judge
+    case = case_mod.load("corpus/seeds/030/test_overlapping_5.json")
+    c = Campaign(Config(engine="pct", seed=3, budget=Budget(runs=100), minimize=False))
+    asked, seen = [], []
+    monkeypatch.setattr(campaign, "judge", lambda case, obs: (asked.append(obs), judge(case, obs))[1])
+    monkeypatch.setattr(c, "observe", lambda case, obs, outcome: seen.append((obs, outcome)))
+    campaign._focus(c, case, 0, 24)
+    shown = {repr((o.replies, o.events, o.finding, o.data, o.chain, o.jobs_left)) for o, _ in seen}
+    assert (len(seen), len(asked)) == (24, len(shown))
+    assert 1 < len(shown) < 24
+    assert all(outcome == judge(case, obs) for obs, outcome in seen)
+
+
 def test_status_line_and_summary_name_what_happened():
     c = Campaign(Config(engine="pct", bugs=(REF_ONLY,)))
     c.stats = Stats(started=c.stats.started, runs=42)
