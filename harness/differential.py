@@ -62,10 +62,10 @@ SEEDED_GAP_SEEDS = 100    # random schedules with one exact gap (search_seeded_g
 SEEDED_GAP_LONGEST = 12   # ... of 1 to this many steps
 METADATA_NOTE = ", qcow2 metadata reads as I/O (schedule metadata-io)"
 #: the fields of a normalised outcome, in report order
-FIELDS = ("finding", "replies", "job_statuses", "lengths", "chain", "backing", "read_only", "data",
+FIELDS = ("finding", "replies", "job_statuses", "job_events", "chain", "backing", "read_only", "data",
           "on_disk_backing")
-#: the events whose ``len`` is compared (:func:`_lengths`)
-LENGTH_EVENTS = ("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED")
+#: the events compared with their ``len`` or error (:func:`_job_events`)
+JOB_EVENTS = ("BLOCK_JOB_READY", "BLOCK_JOB_COMPLETED")
 
 #: QEMU's automatic node names come from a process-wide counter (block.c's
 #: bdrv_assign_node_name): never stable across runs, so compared as one name
@@ -84,7 +84,7 @@ def normalise(obs: Observation) -> dict[str, Any]:
         "finding": obs.finding.kind if obs.finding else None,
         "replies": [_reply(r) for r in obs.replies],
         "job_statuses": {job: fold_drain_pairs(seq) for job, seq in sorted(obs.job_statuses.items())},
-        "lengths": _lengths(obs.events),
+        "job_events": _job_events(obs.events),
         "chain": [_auto(n) for n in obs.chain_names(collapse_filters=True)],
         "backing": [[_auto(n.node_name), n.backing_file] for n in obs.chain if not n.is_filter],
         "read_only": [[_auto(n.node_name), n.read_only] for n in obs.chain if not n.is_filter],
@@ -93,21 +93,22 @@ def normalise(obs: Observation) -> dict[str, Any]:
     }
 
 
-def _lengths(events: list[dict]) -> dict[str, list[list]]:
-    """Per job, the ``len`` of each ``BLOCK_JOB_READY`` and of a ``BLOCK_JOB_COMPLETED``
-    without an error, in order: the job's progress total, which a stream and a commit
-    set to the image's length and an active commit to what it copied plus what is still
-    dirty (mirror.c's ``job_progress_set_remaining``). A cancelled or failed job's
-    numbers are left out: where the job stopped depends on the wall clock."""
+def _job_events(events: list[dict]) -> dict[str, list[list]]:
+    """Per job, in order, each ``BLOCK_JOB_READY`` and ``BLOCK_JOB_COMPLETED`` as
+    ``[event, len, error]``: the progress total, which a stream and a commit set to the
+    image's length and an active commit to what it copied plus what is still dirty
+    (mirror.c's ``job_progress_set_remaining``), and the text of a completion's error.
+    A failed job's ``len`` and a cancelled job's event are left out: where it stopped
+    depends on the wall clock, and its status sequence says that it was cancelled."""
     out: dict[str, list[list]] = {}
     for e in events:
         name = e.get("event")
-        if name not in LENGTH_EVENTS:
+        if name not in JOB_EVENTS:
             continue
         data = e.get("data") or {}
-        if name == "BLOCK_JOB_COMPLETED" and "error" in data:
-            continue
-        out.setdefault(str(data.get("device")), []).append([name, data.get("len")])
+        error = data.get("error")
+        out.setdefault(str(data.get("device")), []).append(
+            [name, None if error is not None else data.get("len"), error])
     return dict(sorted(out.items()))
 
 

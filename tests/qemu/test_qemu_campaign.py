@@ -103,7 +103,7 @@ def test_a_differential_finding_carries_the_model_s_census_of_qemu_s_outcome():
     assert outcome.message.splitlines() == [
         "replies differ",
         "model census, 400 schedules (half with qcow2 metadata reads): QEMU's whole outcome 0",
-        "QEMU's value of each field: finding 400, replies 0, job_statuses 400, lengths 400, "
+        "QEMU's value of each field: finding 400, replies 0, job_statuses 400, job_events 400, "
         "chain 400, backing 400, read_only 400, data 400, on_disk_backing 400",
         "commonest differences: replies 400"]
     crash = diff_outcome(DiffResult(case, refused, [], Finding("qemu-crash", "SIGSEGV\ntrace", where="x")))

@@ -51,7 +51,7 @@ def test_normalise_keeps_what_both_sides_can_show_alike():
         "finding": None,
         "replies": [OK, OK, {"error": {"class": "GenericError", "desc": "Node '#block*' is busy"}}],
         "job_statuses": {"s": ["created", "running", "waiting", "pending", "concluded", "null"]},
-        "lengths": {},
+        "job_events": {},
         "chain": ["n2", "n1", "n0"],
         "backing": [["n2", "n1.qcow2"], ["n1", "n0.qcow2"], ["n0", None]],
         "read_only": [["n2", False], ["n1", True], ["n0", True]],
@@ -64,24 +64,29 @@ def job_event(name: str, job: str, length: int, **data) -> dict:
     return {"event": name, "data": {"device": job, "len": length, "offset": length, **data}}
 
 
-def test_the_progress_total_of_ready_and_successful_completions_is_compared():
+def test_job_events_compare_the_progress_total_and_the_error_of_each_end():
     """An active commit's ``len`` is what it copied plus what is still dirty: READY and a
-    successful COMPLETED carry it. A cancelled or failed job's numbers stop wherever the
-    wall clock stopped them, so they are left out."""
+    successful COMPLETED carry it. A failed job's error text is compared, its ``len`` not;
+    a cancelled job's numbers stop wherever the wall clock stopped them, so its event is
+    left out."""
     a = obs()
     a.events = [job_event("BLOCK_JOB_READY", "c", 196608),
-                job_event("BLOCK_JOB_COMPLETED", "s", 1 << 20, error="Input/output error"),
+                job_event("BLOCK_JOB_COMPLETED", "s", 4096, error="Operation not permitted"),
                 job_event("BLOCK_JOB_CANCELLED", "t", 4096),
                 job_event("BLOCK_JOB_COMPLETED", "c", 262144)]
-    assert normalise(a)["lengths"] == {"c": [["BLOCK_JOB_READY", 196608],
-                                             ["BLOCK_JOB_COMPLETED", 262144]]}
+    assert normalise(a)["job_events"] == {
+        "c": [["BLOCK_JOB_READY", 196608, None], ["BLOCK_JOB_COMPLETED", 262144, None]],
+        "s": [["BLOCK_JOB_COMPLETED", None, "Operation not permitted"]]}
     b = obs()
     b.events = [job_event("BLOCK_JOB_READY", "c", 196608),
+                job_event("BLOCK_JOB_COMPLETED", "s", 1 << 20, error="Operation not permitted"),
                 job_event("BLOCK_JOB_CANCELLED", "t", 8192),
                 job_event("BLOCK_JOB_COMPLETED", "c", 1 << 20)]
-    assert differing_fields(normalise(a), normalise(b)) == ["lengths"]
+    assert differing_fields(normalise(a), normalise(b)) == ["job_events"]
     b.events[-1] = job_event("BLOCK_JOB_COMPLETED", "c", 262144)
     assert differing_fields(normalise(a), normalise(b)) == []
+    b.events[1] = job_event("BLOCK_JOB_COMPLETED", "s", 4096, error="Invalid argument")
+    assert differing_fields(normalise(a), normalise(b)) == ["job_events"]
 
 
 def test_on_disk_strings_count_only_when_both_sides_report_them():
@@ -652,11 +657,11 @@ def test_the_census_counts_the_model_schedules_that_give_each_field_of_qemu_s_ou
     qemu = run_case(case)
     assert census(case, qemu, 10) == [
         "    model census, 10 schedules (half with qcow2 metadata reads): QEMU's whole outcome 10",
-        "      QEMU's value of each field: finding 10, replies 10, job_statuses 10, lengths 10, chain 10, "
+        "      QEMU's value of each field: finding 10, replies 10, job_statuses 10, job_events 10, chain 10, "
         "backing 10, read_only 10, data 10, on_disk_backing 10"]
     assert census(case, refused_by_qemu(case), 10) == [
         "    model census, 10 schedules (half with qcow2 metadata reads): QEMU's whole outcome 0",
-        "      QEMU's value of each field: finding 10, replies 0, job_statuses 10, lengths 10, chain 10, "
+        "      QEMU's value of each field: finding 10, replies 0, job_statuses 10, job_events 10, chain 10, "
         "backing 10, read_only 10, data 10, on_disk_backing 10",
         "      commonest differences: replies 10"]
 
@@ -678,7 +683,7 @@ def test_diff_prints_the_census_under_a_failing_case_only(monkeypatch, capsys, t
     assert code == 1
     assert lines == [f"PASS {path}", f"FAIL {path}: qemu-mismatch: replies differ",
                      "    model census, 4 schedules (half with qcow2 metadata reads): QEMU's whole outcome 0",
-                     "      QEMU's value of each field: finding 4, replies 0, job_statuses 4, lengths 4, chain 4, "
+                     "      QEMU's value of each field: finding 4, replies 0, job_statuses 4, job_events 4, chain 4, "
                      "backing 4, read_only 4, data 4, on_disk_backing 4",
                      "      commonest differences: replies 4", "1 passed, 1 failed"]
 
