@@ -570,6 +570,7 @@ class Differ:
         if self.only == "qemu":
             return DiffResult(case, qemu, [], qemu.finding or oracle_finding(case, qemu))
         run_model, run_gapped = self.run_model, self.run_gapped
+        searches_gaps = run_gapped is gapped_model     # the model's own gap searches, all of them
         lifted = unthrottled(case, qemu) if run_model is reference_model else {}
         model = model_outcomes(case, self.seeds, run_model)
         if lifted:
@@ -580,7 +581,7 @@ class Differ:
                 ", speed limits lifted as on QEMU")
         # (run, note, fewest gaps). The model's runs with no gap are among its seeds
         # already, but not with qcow2's metadata reads, which it leaves out otherwise
-        if run_gapped is gapped_model:
+        if searches_gaps:
             gapped = [(partial(gapped_model, unthrottle=u, metadata_io=reads),
                        METADATA_NOTE if reads else "", 0 if reads else 1)
                       for reads in (False, True) for u in ([lifted] if lifted else []) + [None]]
@@ -588,7 +589,7 @@ class Differ:
             gapped = [(run_gapped, "", 1)] if run_gapped is not None else []
         finding = compare(case, qemu, model, self.seeds)
         timed = qemu.extra.get("x_step_until_ns") if run_model is reference_model else None
-        if finding is not None and finding.kind == "qemu-mismatch" and timed:
+        if _mismatch(finding) and timed:
             # QEMU's x-steps waited in real time, its rate limits running meanwhile; the
             # model's go 50 ms of virtual time at most: let each end where QEMU's ended
             model = _merged(model, model_outcomes(
@@ -596,25 +597,25 @@ class Differ:
                 ", x-steps ending when QEMU's did")
             finding = compare(case, qemu, model, self.seeds)
         searched = 0
-        if finding is not None and finding.kind == "qemu-mismatch" and gapped:
+        if _mismatch(finding) and gapped:
             for run, note, fewest in gapped:
                 found = search_gaps(case, qemu, run, note=note, fewest=fewest)
                 if found is not None:
                     return DiffResult(case, qemu, model + [found], None)
             searched = sum(gap_count(case, fewest=fewest) for _, _, fewest in gapped)
-            if run_gapped is gapped_model:
+            if searches_gaps:
                 for run, note, _ in gapped:
                     found, tried = search_long_gaps(case, qemu, run, note=note)
                     searched += tried
                     if found is not None:
                         return DiffResult(case, qemu, model + [found], None)
             finding = compare(case, qemu, model, self.seeds, searched)
-        if finding is not None and finding.kind == "qemu-mismatch" and run_model is reference_model:
+        if _mismatch(finding) and run_model is reference_model:
             deep, matched = search_seeds(case, qemu, _deep_runs(lifted, timed), self.seeds)
             if matched:
                 return DiffResult(case, qemu, model + deep[-1:], None)
             model = _merged(model, deep, "")
-            if run_gapped is gapped_model:      # a gap search: only where gaps are searched
+            if searches_gaps:
                 found, tried = search_seeded_gaps(case, qemu, unthrottle=lifted or None,
                                                   x_step_until=timed)
                 if found is not None:
@@ -622,6 +623,10 @@ class Differ:
                 searched += tried
             finding = compare(case, qemu, model, self.seeds + DEEP_SEEDS, searched)
         return DiffResult(case, qemu, model, finding)
+
+
+def _mismatch(finding: Finding | None) -> bool:
+    return finding is not None and finding.kind == "qemu-mismatch"
 
 
 def _deep_runs(lifted: dict[int, list[str]], timed: dict | None) -> list[tuple[ModelRun, str]]:
